@@ -1,0 +1,220 @@
+"""The decoder: embedding, scanned decoder layers, final norm, LM and score heads, KV cache.
+
+    model = Model(cfg)
+    logits = model.apply({"params": params}, tokens, attention_mask=mask)         # [B, T, V] f32
+    logits, cache = model.apply({"params": params}, tokens, cache=cache)          # incremental
+    scores = model.apply({"params": params}, tokens, method=Model.score)          # [B, T] f32
+
+Layers run under `nn.scan`, so parameters carry a leading `layers` axis and the program
+compiles one layer whatever the depth.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from reasonjax.models.config import ModelConfig
+from reasonjax.models.layers import DecoderLayer, RMSNorm, rope_tables
+
+Array = jax.Array
+
+_REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer, preallocated to a fixed capacity S.
+
+  Row b holds valid entries in slots [0, lengths[b]); a call writes its T tokens at slots
+  lengths[b] + t and advances lengths[b] by the number of real tokens (right padding), so rows of
+  different lengths decode in one batch.
+
+  Attributes:
+    k, v: [L, B, S, K, hd] in the compute dtype.
+    lengths: int32 [B].
+  """
+
+  k: Array
+  v: Array
+  lengths: Array
+
+  LOGICAL_AXES = ("layers", "act_batch", "cache_len", "act_kv_heads", "head_dim")
+
+  @property
+  def capacity(self) -> int:
+    return self.k.shape[2]
+
+  def write(self, layer: Array, slots: Array, k: Array, v: Array) -> KVCache:
+    """Scatters k, v [B, T, K, hd] into `layer` at `slots` [B, T]; out-of-range slots drop."""
+    rows = jnp.arange(k.shape[0])[:, None]
+    new_k = self.k.at[layer, rows, slots].set(k.astype(self.k.dtype), mode="drop")
+    new_v = self.v.at[layer, rows, slots].set(v.astype(self.v.dtype), mode="drop")
+    return self.replace(k=new_k, v=new_v)
+
+
+def init_cache(cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> KVCache:
+  """An empty cache for `batch_size` rows of up to `capacity` tokens (prompt + generation)."""
+  shape = (cfg.num_layers, batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
+  dtype = dtype or jnp.dtype(cfg.dtype)
+  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
+                 lengths=jnp.zeros((batch_size,), jnp.int32))
+
+
+def segment_positions(segment_ids: Array) -> Array:
+  """Position of each token inside its segment. segment_ids: [B, T] -> int32 [B, T]."""
+  idx = jnp.broadcast_to(jnp.arange(segment_ids.shape[1]), segment_ids.shape)
+  starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], bool),
+                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  return (idx - jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)).astype(jnp.int32)
+
+
+def attention_mask_4d(attention_mask: Array | None, segment_ids: Array | None,
+                      batch: int, length: int) -> Array:
+  """Causal & key-not-padding & same-segment. Returns bool [B, 1, T, T]."""
+  causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+  mask = jnp.broadcast_to(causal, (batch, 1, length, length))
+  if attention_mask is not None:
+    mask = mask & attention_mask.astype(bool)[:, None, None, :]
+  if segment_ids is not None:
+    mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
+  return mask
+
+
+class Model(nn.Module):
+  """Llama / Qwen2 / Qwen3 decoder (see `ModelConfig` for the family flags)."""
+
+  cfg: ModelConfig
+
+  def setup(self):
+    cfg = self.cfg
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    self.embed_tokens = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=dtype, param_dtype=pdtype,
+        embedding_init=nn.with_logical_partitioning(
+            nn.initializers.normal(cfg.initializer_range), ("vocab", "embed")))
+    layer = DecoderLayer
+    if cfg.remat != "none":
+      layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    self.layers = nn.scan(
+        layer, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+    self.norm = RMSNorm(cfg.rms_norm_eps, dtype, pdtype)
+    init = lambda axes: nn.with_logical_partitioning(  # noqa: E731
+        nn.initializers.normal(cfg.initializer_range), axes)
+    if cfg.lm_head and not cfg.tie_word_embeddings:
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                              kernel_init=init(("embed", "vocab")))
+    if cfg.score_head:
+      self.score_head = nn.Dense(1, use_bias=False, dtype=dtype, param_dtype=pdtype,
+                                 kernel_init=init(("embed", None)))
+
+  def hidden_states(self, tokens: Array, attention_mask: Array | None = None, *,
+                    positions: Array | None = None, segment_ids: Array | None = None,
+                    cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+    """Final normed hidden states [B, T, D] (compute dtype) and the updated cache.
+
+    Args:
+      tokens: int32 [B, T].
+      attention_mask: [B, T], 1 for real tokens (Hugging Face meaning). With a cache, padding must
+        be on the right: the real tokens of a row are a prefix of its chunk.
+      positions: int32 [B, T]. Default: index within the segment when `segment_ids` is given,
+        cumsum(attention_mask) - 1 with a mask, the cache slot with a cache, else arange(T).
+      segment_ids: int32 [B, T] for packed sequences; tokens attend only within their segment.
+      cache: optional `KVCache`; keys and values of this call are appended to it.
+    """
+    cfg = self.cfg
+    batch, length = tokens.shape
+    slots = None
+    if cache is not None:
+      if segment_ids is not None:
+        raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
+      slots = cache.lengths[:, None] + jnp.arange(length, dtype=jnp.int32)
+      mask = jnp.arange(cache.capacity)[None, None, None, :] <= slots[:, None, :, None]
+      if positions is None:
+        positions = slots
+      n_new = length if attention_mask is None else attention_mask.astype(jnp.int32).sum(-1)
+      new_lengths = cache.lengths + n_new
+    else:
+      mask = attention_mask_4d(attention_mask, segment_ids, batch, length)
+      if positions is None:
+        if segment_ids is not None:
+          positions = segment_positions(segment_ids)
+        elif attention_mask is not None:
+          positions = jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), -1) - 1, 0)
+        else:
+          positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    sin, cos = rope_tables(cfg, positions)
+    h = self.embed_tokens(tokens)
+    h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_embed"))
+    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+    (h, cache), _ = self.layers((h, cache), layer_ids, sin, cos, mask, slots)
+    if cache is not None:
+      cache = cache.replace(lengths=new_lengths)
+    return self.norm(h), cache
+
+  def logits_from_hidden(self, h: Array) -> Array:
+    """Vocabulary logits in float32. h: [B, T, D] -> [B, T, V]."""
+    if self.cfg.tie_word_embeddings:
+      table = self.embed_tokens.embedding.astype(h.dtype)
+      logits = jnp.einsum("btd,vd->btv", h, table, preferred_element_type=jnp.float32)
+    else:
+      logits = self.lm_head(h).astype(jnp.float32)
+    return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
+
+  def scores_from_hidden(self, h: Array) -> Array:
+    """Scalar score of every position in float32. h: [B, T, D] -> [B, T]."""
+    return self.score_head(h)[..., 0].astype(jnp.float32)
+
+  def __call__(self, tokens: Array, attention_mask: Array | None = None, *,
+               positions: Array | None = None, segment_ids: Array | None = None,
+               cache: KVCache | None = None):
+    """Logits float32 [B, T, V]; with a cache, (logits, new_cache). Args as `hidden_states`."""
+    h, new_cache = self.hidden_states(tokens, attention_mask, positions=positions,
+                                      segment_ids=segment_ids, cache=cache)
+    if self.cfg.score_head and self.is_initializing():
+      self.scores_from_hidden(h)  # Creates the score head's parameters too.
+    if not self.cfg.lm_head:
+      raise ValueError("this model has no LM head (lm_head=False); call Model.score instead")
+    logits = self.logits_from_hidden(h)
+    return logits if cache is None else (logits, new_cache)
+
+  def score(self, tokens: Array, attention_mask: Array | None = None, *,
+            positions: Array | None = None, segment_ids: Array | None = None) -> Array:
+    """Score-head output at every position, float32 [B, T]. Args as `hidden_states`."""
+    if not self.cfg.score_head:
+      raise ValueError("this model has no score head; set score_head=True in its ModelConfig")
+    h, _ = self.hidden_states(tokens, attention_mask, positions=positions, segment_ids=segment_ids)
+    return self.scores_from_hidden(h)
+
+
+def _init_boxed(cfg: ModelConfig, rng: Array):
+  """Parameters still wrapped in their logical-partitioning metadata."""
+  tokens = jnp.zeros((1, 1), jnp.int32)
+  method = Model.__call__ if cfg.lm_head else Model.score
+  return Model(cfg).init(rng, tokens, method=method)["params"]
+
+
+def init_params(cfg: ModelConfig, rng: Array):
+  """Random parameters, a plain pytree of `param_dtype` arrays (unsharded; see sharding.py)."""
+  return nn.unbox(_init_boxed(cfg, rng))
+
+
+def param_shapes(cfg: ModelConfig):
+  """The parameter tree as `jax.ShapeDtypeStruct`s, without allocating anything."""
+  return jax.eval_shape(functools.partial(init_params, cfg), jax.random.key(0))
+
+
+def param_logical_axes(cfg: ModelConfig):
+  """The parameter tree with a logical `PartitionSpec` (e.g. ('layers', 'embed', 'mlp')) per leaf."""
+  return nn.get_partition_spec(jax.eval_shape(functools.partial(_init_boxed, cfg),
+                                              jax.random.key(0)))

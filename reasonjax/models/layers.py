@@ -1,0 +1,167 @@
+"""Decoder building blocks: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP.
+
+Module and parameter names mirror the Hugging Face ones (`self_attn/q_proj/kernel` is
+`self_attn.q_proj.weight` transposed), so checkpoint conversion is a table (`models/hf.py`).
+Every parameter carries logical axis names; `sharding.py` maps them to mesh axes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonjax.models.config import ModelConfig
+
+Array = jax.Array
+
+
+def _init(cfg: ModelConfig, axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.normal(cfg.initializer_range), axes)
+
+
+def _zeros(axes: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), axes)
+
+
+class RMSNorm(nn.Module):
+  """y = x / sqrt(mean(x^2, -1) + eps) * scale, computed in float32. x: [..., D]."""
+
+  eps: float
+  dtype: Any
+  param_dtype: Any
+  axis_name: str = "norm"
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(),
+                                                            (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """Inverse frequencies theta^(-2i/hd), i < hd/2, with the configured scaling. Float64 [hd/2]."""
+  hd = cfg.head_dim
+  inv_freq = 1.0 / cfg.rope_theta ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+  rs = cfg.rope_scaling
+  if rs.rope_type == "linear":
+    inv_freq = inv_freq / rs.factor
+  elif rs.rope_type == "llama3":
+    wavelen = 2 * np.pi / inv_freq
+    low_freq_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+    high_freq_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+    smooth = ((rs.original_max_position_embeddings / wavelen - rs.low_freq_factor)
+              / (rs.high_freq_factor - rs.low_freq_factor))
+    interpolated = (1 - smooth) * inv_freq / rs.factor + smooth * inv_freq
+    inv_freq = np.where(wavelen > low_freq_wavelen, inv_freq / rs.factor,
+                        np.where(wavelen < high_freq_wavelen, inv_freq, interpolated))
+  return inv_freq
+
+
+def rope_tables(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
+  """sin, cos of positions * inv_freq in float32. positions: [B, T] -> two [B, T, hd/2]."""
+  inv_freq = jnp.asarray(rope_inv_freq(cfg), jnp.float32)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq
+  return jnp.sin(angles), jnp.cos(angles)
+
+
+def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
+  """Rotates (x1, x2) halves of the head dim: [x1 cos - x2 sin, x2 cos + x1 sin].
+
+  x: [B, T, N, hd]; sin, cos: [B, T, hd/2]. The half-split layout is the Hugging Face one.
+  """
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  sin, cos = sin[:, :, None, :], cos[:, :, None, :]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention with RoPE and an optional in-place KV cache.
+
+  Shapes: x [B, T, D]; mask [B, 1, T, S] (True = attend); S = T without a cache, else the cache
+  capacity. With a cache, the new keys/values are written at `slots` [B, T] of layer `layer`.
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array, sin: Array, cos: Array, mask: Array, cache=None, layer=None,
+               slots=None):
+    cfg = self.cfg
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+    def proj(name, heads, head_axis):
+      return nn.DenseGeneral((heads, cfg.head_dim), use_bias=cfg.qkv_bias, dtype=dtype,
+                             param_dtype=pdtype, name=name,
+                             kernel_init=_init(cfg, ("embed", head_axis, "head_dim")),
+                             bias_init=_zeros((head_axis, "head_dim")))(x)
+
+    q = proj("q_proj", cfg.num_heads, "heads")
+    k = proj("k_proj", cfg.num_kv_heads, "kv_heads")
+    v = proj("v_proj", cfg.num_kv_heads, "kv_heads")
+    if cfg.qk_norm:
+      q = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="q_norm")(q)
+      k = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, "head_dim", name="k_norm")(k)
+    q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+    q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", "head_dim"))
+    k = nn.with_logical_constraint(k, ("act_batch", "act_len", "act_kv_heads", "head_dim"))
+    if cache is not None:
+      cache = cache.write(layer, slots, k, v)
+      k, v = cache.k[layer], cache.v[layer]
+    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+    out = jax.nn.dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask,
+                                       implementation=impl)
+    out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", "head_dim"))
+    out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, dtype=dtype,
+                          param_dtype=pdtype, name="o_proj",
+                          kernel_init=_init(cfg, ("heads", "head_dim", "embed")),
+                          bias_init=_zeros(("embed",)))(out)
+    return out, cache
+
+
+class MLP(nn.Module):
+  """SwiGLU: down(silu(gate(x)) * up(x)). x: [B, T, D] -> [B, T, D]."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+
+    def dense(name, features, axes):
+      return nn.Dense(features, use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=pdtype, name=name,
+                      kernel_init=_init(cfg, axes), bias_init=_zeros(axes[1:]))
+
+    gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+    up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
+    h = nn.with_logical_constraint(nn.silu(gate) * up, ("act_batch", "act_len", "act_mlp"))
+    return dense("down_proj", cfg.hidden_size, ("mlp", "embed"))(h)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm residual block: h += attn(norm(h)); h += mlp(norm(h)).
+
+  Written for `nn.scan`: carry = (h [B, T, D], cache or None); `layer` is the scanned layer index.
+  """
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, carry, layer, sin, cos, mask, slots):
+    cfg = self.cfg
+    h, cache = carry
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    attn_in = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="input_layernorm")(h)
+    attn_out, cache = Attention(cfg, name="self_attn")(attn_in, sin, cos, mask, cache, layer, slots)
+    h = h + attn_out
+    mlp_in = RMSNorm(cfg.rms_norm_eps, dtype, pdtype, name="post_attention_layernorm")(h)
+    h = h + MLP(cfg, name="mlp")(mlp_in)
+    h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_embed"))
+    return (h, cache), None

@@ -1,0 +1,36 @@
+"""reasonjax: JAX-native training of language models that reason and improve themselves."""
+
+import setuptools
+
+setuptools.setup(
+    name="reasonjax",
+    version="0.1.0",
+    description="JAX-native training of language models to reason and to improve themselves.",
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["reasonjax", "reasonjax.*"]),
+    install_requires=[
+        # jax 0.11 is what the GPU images ship; keep both working.
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12.0,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.11.0,<0.13",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.0,<3",
+        "numpy>=1.26,<3",
+        "safetensors>=0.4.3,<1",
+        "transformers>=5.0,<6",
+        "tqdm>=4.66,<5",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "pytest-xdist>=3.5,<4",
+            # The only torch that installs as a CPU wheel on the CI machines; any other spec pulls CUDA.
+            "torch==2.13.0",
+        ],
+        "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
+        "tpu": ["jax[tpu]>=0.10.2,<0.13"],
+    },
+)
