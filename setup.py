@@ -9,7 +9,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["reasonjax", "reasonjax.*"]),
+    packages=setuptools.find_packages(include=["reasonjax", "reasonjax.*", "configs"]),
     install_requires=[
         # jax 0.11 is what the GPU images ship; keep both working.
         "jax>=0.10.2,<0.13",

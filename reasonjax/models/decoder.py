@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from reasonjax.models.config import ModelConfig
-from reasonjax.models.layers import DecoderLayer, RMSNorm, rope_tables
+from reasonjax.models.layers import DecoderLayer, Linear, RMSNorm, rope_tables
 
 Array = jax.Array
 
@@ -109,14 +109,10 @@ class Model(nn.Module):
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
     self.norm = RMSNorm(cfg.rms_norm_eps, dtype, pdtype)
-    init = lambda axes: nn.with_logical_partitioning(  # noqa: E731
-        nn.initializers.normal(cfg.initializer_range), axes)
     if cfg.lm_head and not cfg.tie_word_embeddings:
-      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                              kernel_init=init(("embed", "vocab")))
+      self.lm_head = Linear((cfg.vocab_size,), ("embed", "vocab"), cfg, out_dtype=jnp.float32)
     if cfg.score_head:
-      self.score_head = nn.Dense(1, use_bias=False, dtype=dtype, param_dtype=pdtype,
-                                 kernel_init=init(("embed", None)))
+      self.score_head = Linear((1,), ("embed", None), cfg, out_dtype=jnp.float32)
 
   def hidden_states(self, tokens: Array, attention_mask: Array | None = None, *,
                     positions: Array | None = None, segment_ids: Array | None = None,
@@ -154,7 +150,10 @@ class Model(nn.Module):
         else:
           positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
     sin, cos = rope_tables(cfg, positions)
-    h = self.embed_tokens(tokens)
+    # Gathering rows from a table whose embed dim is fsdp-sharded forces XLA to replicate the
+    # result; all-gather the table's fsdp dim first, as FSDP does for every weight before use.
+    table = nn.with_logical_constraint(self.embed_tokens.embedding, ("vocab", None))
+    h = jnp.take(table, tokens, axis=0).astype(cfg.dtype)
     h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_embed"))
     layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
     (h, cache), _ = self.layers((h, cache), layer_ids, sin, cos, mask, slots)
@@ -168,12 +167,12 @@ class Model(nn.Module):
       table = self.embed_tokens.embedding.astype(h.dtype)
       logits = jnp.einsum("btd,vd->btv", h, table, preferred_element_type=jnp.float32)
     else:
-      logits = self.lm_head(h).astype(jnp.float32)
+      logits = self.lm_head(h)
     return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))
 
   def scores_from_hidden(self, h: Array) -> Array:
     """Scalar score of every position in float32. h: [B, T, D] -> [B, T]."""
-    return self.score_head(h)[..., 0].astype(jnp.float32)
+    return self.score_head(h)[..., 0]
 
   def __call__(self, tokens: Array, attention_mask: Array | None = None, *,
                positions: Array | None = None, segment_ids: Array | None = None,

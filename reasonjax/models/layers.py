@@ -81,6 +81,35 @@ def apply_rope(x: Array, sin: Array, cos: Array) -> Array:
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
+class Linear(nn.Module):
+  """y = x . kernel (+ bias), contracting the last `n_in` dims of x with the first of kernel.
+
+  kernel: [*x.shape[-n_in:], *features] with logical names `axes` (input names first). Flax's
+  DenseGeneral would do, but it reshapes a flat kernel after logical boxing, which breaks when
+  sharding rules are active.
+  """
+
+  features: tuple[int, ...]
+  axes: tuple[str | None, ...]
+  cfg: ModelConfig
+  n_in: int = 1
+  use_bias: bool = False
+  out_dtype: Any = None  # e.g. float32 logits from bfloat16 activations; default: compute dtype.
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.cfg
+    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    shape = x.shape[x.ndim - self.n_in:] + tuple(self.features)
+    kernel = self.param("kernel", _init(cfg, self.axes), shape, pdtype)
+    y = jnp.tensordot(x.astype(dtype), kernel.astype(dtype), axes=self.n_in,
+                      preferred_element_type=self.out_dtype)
+    if self.use_bias:
+      bias = self.param("bias", _zeros(self.axes[self.n_in:]), tuple(self.features), pdtype)
+      y = y + bias.astype(dtype)
+    return y
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with RoPE and an optional in-place KV cache.
 
@@ -97,10 +126,8 @@ class Attention(nn.Module):
     dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
     def proj(name, heads, head_axis):
-      return nn.DenseGeneral((heads, cfg.head_dim), use_bias=cfg.qkv_bias, dtype=dtype,
-                             param_dtype=pdtype, name=name,
-                             kernel_init=_init(cfg, ("embed", head_axis, "head_dim")),
-                             bias_init=_zeros((head_axis, "head_dim")))(x)
+      return Linear((heads, cfg.head_dim), ("embed", head_axis, "head_dim"), cfg,
+                    use_bias=cfg.qkv_bias, name=name)(x)
 
     q = proj("q_proj", cfg.num_heads, "heads")
     k = proj("k_proj", cfg.num_kv_heads, "kv_heads")
@@ -118,10 +145,8 @@ class Attention(nn.Module):
     out = jax.nn.dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask,
                                        implementation=impl)
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", "head_dim"))
-    out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=cfg.o_bias, dtype=dtype,
-                          param_dtype=pdtype, name="o_proj",
-                          kernel_init=_init(cfg, ("heads", "head_dim", "embed")),
-                          bias_init=_zeros(("embed",)))(out)
+    out = Linear((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg, n_in=2,
+                 use_bias=cfg.o_bias, name="o_proj")(out)
     return out, cache
 
 
@@ -133,11 +158,9 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.cfg
-    dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
 
     def dense(name, features, axes):
-      return nn.Dense(features, use_bias=cfg.mlp_bias, dtype=dtype, param_dtype=pdtype, name=name,
-                      kernel_init=_init(cfg, axes), bias_init=_zeros(axes[1:]))
+      return Linear((features,), axes, cfg, use_bias=cfg.mlp_bias, name=name)
 
     gate = dense("gate_proj", cfg.intermediate_size, ("embed", "mlp"))(x)
     up = dense("up_proj", cfg.intermediate_size, ("embed", "mlp"))(x)

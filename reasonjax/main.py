@@ -1,0 +1,68 @@
+"""Entry point for every experiment.
+
+    python -m reasonjax.main --config=configs/model_report.py:runlocal --workdir=/tmp/run \
+        --config.model.dtype=bfloat16
+
+`config.trainer` names the program to run (see `reasonjax.trainers.TRAINERS`). The config is
+locked: an override of a key that does not exist fails before anything runs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from reasonjax import trainers
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  config = _CONFIG.value
+  run = trainers.get(config.trainer)
+  workdir = os.path.abspath(_WORKDIR.value)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2))
+  logging.info("config:\n%s", config)
+  run(config, workdir)
+
+
+def check_overrides(argv: list[str]) -> None:
+  """Exits with the valid key names if a `--config.a.b=v` names a key the config lacks.
+
+  ml_collections would fail too, but with a traceback and at best one suggestion.
+  """
+  overrides = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+  files = [a[len("--config="):] for a in argv if a.startswith("--config=")]
+  if not overrides or not files:
+    return
+  path, _, arg = files[-1].partition(":")
+  spec = importlib.util.spec_from_file_location("_reasonjax_config", path)
+  if spec is None or not os.path.exists(path):
+    sys.exit(f"error: --config={files[-1]}: no config file at {path!r}")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  for override in overrides:
+    node, walked = config, "config"
+    for key in override.split("."):
+      keys = node.keys() if hasattr(node, "keys") else []
+      if key not in keys:
+        sys.exit(f"error: --config.{override}: {walked} has no key {key!r}; valid keys: "
+                 f"{sorted(keys) or '(none: ' + walked + ' is a value)'}")
+      node, walked = node[key], f"{walked}.{key}"
+
+
+if __name__ == "__main__":
+  check_overrides(sys.argv[1:])
+  app.run(main)

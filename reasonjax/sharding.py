@@ -1,0 +1,83 @@
+"""Device meshes and logical-axis sharding.
+
+Model code names array axes logically ('embed', 'heads', 'act_batch', ...); the rules that map
+those names to the mesh axes `data`, `fsdp` and `tensor` come from the config
+(`configs/common.py:AXIS_RULES`), so parallelism changes without touching model code.
+
+    mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = sharding.logical_to_shardings(models.param_logical_axes(cfg),
+                                              models.param_shapes(cfg), mesh, rules)
+    params = sharding.init_sharded(functools.partial(models.init_params, cfg), rng, shardings)
+    with sharding.axis_rules(mesh, rules):
+      logits = jax.jit(model.apply)({"params": params}, tokens)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
+
+
+def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A (data, fsdp, tensor) mesh over `devices` (default: all) with Auto axis types.
+
+  One size may be -1: it takes the devices the other two leave.
+  """
+  devices = list(devices if devices is not None else jax.devices())
+  sizes = [data, fsdp, tensor]
+  if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+    raise ValueError(f"mesh sizes data={data}, fsdp={fsdp}, tensor={tensor}: each must be "
+                     "positive, and at most one may be -1")
+  if -1 in sizes:
+    rest = math.prod(s for s in sizes if s != -1)
+    if len(devices) % rest:
+      raise ValueError(f"mesh: {len(devices)} devices do not split into data={data}, "
+                       f"fsdp={fsdp}, tensor={tensor}")
+    sizes[sizes.index(-1)] = len(devices) // rest
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = "
+                     f"{math.prod(sizes)} devices, but {len(devices)} are available")
+  # Explicit axis types (the new default) would require sharding-aware code everywhere.
+  return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def logical_to_mesh_spec(logical: PartitionSpec, shape: Sequence[int], mesh: Mesh,
+                         rules: Rules) -> PartitionSpec:
+  """Maps a logical spec to mesh axes, leaving a dimension unsharded along mesh axes whose
+  size does not divide it (e.g. 2 KV heads on a tensor axis of 4) instead of failing."""
+  spec = nn.logical_to_mesh_axes(tuple(logical), tuple(rules))
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    while axes and dim % math.prod(mesh.shape[a] for a in axes):
+      axes = axes[:-1]
+    out.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*out)
+
+
+def logical_to_shardings(logical_tree, shape_tree, mesh: Mesh, rules: Rules):
+  """NamedShardings for a tree of logical PartitionSpecs and a matching tree of shapes."""
+  return jax.tree.map(
+      lambda spec, x: NamedSharding(mesh, logical_to_mesh_spec(spec, x.shape, mesh, rules)),
+      logical_tree, shape_tree, is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def init_sharded(init_fn: Callable, rng: jax.Array, shardings):
+  """Runs `init_fn(rng)` compiled with `out_shardings`, so no device ever holds the whole tree."""
+  return jax.jit(init_fn, out_shardings=shardings)(rng)
+
+
+@contextlib.contextmanager
+def axis_rules(mesh: Mesh, rules: Rules):
+  """Context for tracing model code: activations' logical constraints resolve on `mesh`."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
+    yield

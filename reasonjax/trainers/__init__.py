@@ -1,0 +1,19 @@
+"""The programs `reasonjax.main` can run, picked by `config.trainer`."""
+
+from collections.abc import Callable
+
+from reasonjax.trainers import model_report
+
+TRAINERS: dict[str, Callable] = {
+    "model_report": model_report.run,
+}
+
+
+def get(name: str) -> Callable:
+  """The `run(config, workdir)` function named `name`; an unknown name lists the valid ones."""
+  if name not in TRAINERS:
+    raise ValueError(f"config.trainer={name!r} is unknown; valid trainers: {sorted(TRAINERS)}")
+  return TRAINERS[name]
+
+
+__all__ = ["TRAINERS", "get"]
