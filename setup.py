@@ -26,7 +26,6 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest>=8,<10",
-            "pytest-xdist>=3.5,<4",
             # The only torch that installs as a CPU wheel on the CI machines; any other spec pulls CUDA.
             "torch==2.13.0",
         ],

@@ -203,6 +203,7 @@ def _init_boxed(cfg: ModelConfig, rng: Array):
   return Model(cfg).init(rng, tokens, method=method)["params"]
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(cfg: ModelConfig, rng: Array):
   """Random parameters, a plain pytree of `param_dtype` arrays (unsharded; see sharding.py)."""
   return nn.unbox(_init_boxed(cfg, rng))

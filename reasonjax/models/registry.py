@@ -51,5 +51,5 @@ def load(model: Mapping[str, Any], rng: jax.Array, *, mesh: jax.sharding.Mesh | 
   elif shardings is not None:
     params = sharding.init_sharded(functools.partial(init_params, cfg), rng, shardings)
   else:
-    params = jax.jit(functools.partial(init_params, cfg))(rng)
+    params = init_params(cfg, rng)
   return cfg, params

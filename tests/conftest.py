@@ -1,0 +1,57 @@
+"""Test setup: 8 fake CPU devices for sharding tests, and tiny Hugging Face checkpoints."""
+
+import os
+
+# Before jax initialises its backend: sharding tests need a (2, 2, 2) mesh of CPU devices.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=8").strip()
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+# Shapes not in any preset; initializer_range 0.2 gives logits of order 1-10, so that parity
+# tolerances are meaningful.
+HF_COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, initializer_range=0.2,
+                 max_position_embeddings=128)
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}
+
+
+def hf_model(kind: str, **overrides):
+  """A tiny random `transformers` model: 'llama' (GQA, untied, Llama-3 RoPE scaling),
+  'qwen2' (q/k/v bias, tied), 'qwen3' (q/k norm, untied)."""
+  import torch
+  import transformers
+  torch.manual_seed(0)
+  if kind == "llama":
+    cfg = transformers.LlamaConfig(**(HF_COMMON | dict(tie_word_embeddings=False,
+                                                       rope_theta=500000.0,
+                                                       rope_scaling=LLAMA3_ROPE) | overrides))
+    return transformers.LlamaForCausalLM(cfg).eval()
+  if kind == "qwen2":
+    cfg = transformers.Qwen2Config(**(HF_COMMON | dict(tie_word_embeddings=True) | overrides))
+    return transformers.Qwen2ForCausalLM(cfg).eval()
+  if kind == "qwen3":
+    cfg = transformers.Qwen3Config(**(HF_COMMON | dict(tie_word_embeddings=False) | overrides))
+    return transformers.Qwen3ForCausalLM(cfg).eval()
+  raise ValueError(kind)
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2", "qwen3"])
+def hf_checkpoint(request, tmp_path_factory):
+  """(kind, folder, torch model) of a tiny checkpoint written by `transformers`."""
+  model = hf_model(request.param)
+  path = tmp_path_factory.mktemp(request.param)
+  model.save_pretrained(path)
+  return request.param, str(path), model
+
+
+def right_padded_batch(vocab_size: int, lengths=(11, 7, 4), seed: int = 0):
+  """tokens int32 [B, T] and attention_mask int32 [B, T] for rows of `lengths`."""
+  rng = np.random.default_rng(seed)
+  length = max(lengths)
+  tokens = rng.integers(0, vocab_size, (len(lengths), length)).astype(np.int32)
+  mask = (np.arange(length)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+  return tokens * mask, mask

@@ -1,0 +1,93 @@
+"""Building blocks against independent numpy float64 references and `transformers`' RoPE tables."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import transformers
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from reasonjax import models
+from reasonjax.models import decoder, layers
+
+
+def test_rmsnorm_matches_float64():
+  x = np.random.default_rng(0).normal(size=(2, 3, 8)) * 3
+  scale = np.random.default_rng(1).normal(size=(8,))
+  norm = layers.RMSNorm(1e-5, jnp.float32, jnp.float32)
+  out = norm.apply({"params": {"scale": jnp.asarray(scale, jnp.float32)}},
+                   jnp.asarray(x, jnp.float32))
+  ref = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-5) * scale
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 64},
+    {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 2.0, "high_freq_factor": 8.0,
+     "original_max_position_embeddings": 256},
+])
+def test_rope_frequencies_match_transformers(rope):
+  hf = transformers.LlamaConfig(hidden_size=256, num_attention_heads=2, head_dim=128,
+                                max_position_embeddings=1024, rope_theta=50000.0,
+                                rope_scaling=dict(rope))
+  ref, attention_scaling = ROPE_INIT_FUNCTIONS[rope["rope_type"]](hf, "cpu")
+  assert attention_scaling == 1.0
+  cfg = models.preset("tiny", head_dim=128, rope_theta=50000.0, rope_scaling=rope)
+  np.testing.assert_allclose(layers.rope_inv_freq(cfg), ref.double().numpy(), rtol=1e-6)
+
+
+def test_apply_rope_is_complex_rotation():
+  """Pair (x_i, x_{i+hd/2}) as a complex number z_i; RoPE is z_i * exp(1j * pos * f_i)."""
+  cfg = models.preset("tiny", head_dim=16, rope_theta=100.0)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 5, 3, 16))
+  positions = rng.integers(0, 50, size=(2, 5))
+  sin, cos = layers.rope_tables(cfg, jnp.asarray(positions))
+  out = np.asarray(layers.apply_rope(jnp.asarray(x, jnp.float32), sin, cos))
+  z = x[..., :8] + 1j * x[..., 8:]
+  freqs = 100.0 ** (-np.arange(0, 16, 2) / 16)
+  rotated = z * np.exp(1j * positions[:, :, None, None] * freqs)
+  np.testing.assert_allclose(out, np.concatenate([rotated.real, rotated.imag], -1), atol=2e-5)
+
+
+def test_linear_contracts_leading_kernel_dims():
+  cfg = models.preset("tiny")
+  lin = layers.Linear((5,), ("heads", "head_dim", "embed"), cfg, n_in=2, use_bias=True)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 4, 6))
+  kernel, bias = rng.normal(size=(4, 6, 5)), rng.normal(size=(5,))
+  out = lin.apply({"params": {"kernel": jnp.asarray(kernel, jnp.float32),
+                              "bias": jnp.asarray(bias, jnp.float32)}}, jnp.asarray(x, jnp.float32))
+  np.testing.assert_allclose(np.asarray(out), np.einsum("btij,ijo->bto", x, kernel) + bias,
+                             rtol=1e-5, atol=1e-5)
+
+
+def test_segment_positions_brute_force():
+  segs = np.array([[1, 1, 1, 2, 2, 3, 0, 0], [5, 5, 5, 5, 5, 5, 5, 5]])
+  ref = np.zeros_like(segs)
+  for b, t in itertools.product(range(segs.shape[0]), range(segs.shape[1])):
+    ref[b, t] = 0 if t == 0 or segs[b, t] != segs[b, t - 1] else ref[b, t - 1] + 1
+  np.testing.assert_array_equal(np.asarray(decoder.segment_positions(jnp.asarray(segs))), ref)
+
+
+def test_attention_mask_brute_force():
+  rng = np.random.default_rng(0)
+  pad = rng.integers(0, 2, size=(2, 6))
+  segs = np.sort(rng.integers(0, 3, size=(2, 6)), axis=1)
+  mask = np.asarray(decoder.attention_mask_4d(jnp.asarray(pad), jnp.asarray(segs), 2, 6))
+  for b, q, k in itertools.product(range(2), range(6), range(6)):
+    assert mask[b, 0, q, k] == (k <= q and pad[b, k] == 1 and segs[b, q] == segs[b, k])
+
+
+def test_attention_has_no_nan_for_rows_without_keys():
+  """A left-padded row's pad queries see no key; they must give numbers, not NaN."""
+  cfg = models.preset("tiny", num_layers=1)
+  params = models.init_params(cfg, jax.random.key(0))
+  mask = jnp.array([[0, 0, 1, 1]])
+  logits = models.Model(cfg).apply({"params": params}, jnp.ones((1, 4), jnp.int32),
+                                   attention_mask=mask)
+  assert np.isfinite(np.asarray(logits)).all()

@@ -1,0 +1,47 @@
+"""The command line: `python -m reasonjax.main --config=... --workdir=...`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "model_report.py")
+
+
+def run_main(*args, workdir):
+  return subprocess.run([sys.executable, "-m", "reasonjax.main", f"--workdir={workdir}", *args],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_runlocal_runs_end_to_end(tmp_path):
+  out = run_main(f"--config={CONFIG}:runlocal", "--config.model.dtype=bfloat16",
+                 workdir=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "model report (tiny" in out.stdout
+  with open(tmp_path / "config.json") as f:
+    assert json.load(f)["model"]["dtype"] == "bfloat16"
+  with open(tmp_path / "report.json") as f:
+    assert json.load(f)["params"] > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.model.presett=tiny", "config.model has no key 'presett'; valid keys: ['attention_impl'"),
+    ("--config.model.dtype=float16", "model.dtype='float16' is not valid; expected one of"),
+    ("--config.trainer=sft", "config.trainer='sft' is unknown; valid trainers: ['model_report']"),
+    ("--config.mesh.data=3", "mesh data=3 x fsdp=1 x tensor=1 = 3 devices"),
+    ("--config.model.preset=gpt5", "unknown model preset 'gpt5'; valid presets"),
+])
+def test_bad_config_fails_at_start_with_valid_names(tmp_path, override, message):
+  out = run_main(f"--config={CONFIG}:runlocal", override, workdir=tmp_path)
+  assert out.returncode != 0
+  assert message in out.stderr
+  assert not (tmp_path / "report.json").exists()
+
+
+def test_unknown_config_arg_lists_valid_ones(tmp_path):
+  out = run_main(f"--config={CONFIG}:runlocl", workdir=tmp_path)
+  assert out.returncode != 0
+  assert "config arg 'runlocl' is unknown; valid: ['preset', 'runlocal']" in out.stderr
