@@ -1,12 +1,14 @@
 """reasonjax: JAX-native training of language models that reason and improve themselves."""
 
+import pathlib
+
 import setuptools
 
 setuptools.setup(
     name="reasonjax",
     version="0.1.0",
     description="JAX-native training of language models to reason and to improve themselves.",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["reasonjax", "reasonjax.*", "configs"]),

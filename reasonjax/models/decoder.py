@@ -178,12 +178,12 @@ class Model(nn.Module):
                positions: Array | None = None, segment_ids: Array | None = None,
                cache: KVCache | None = None):
     """Logits float32 [B, T, V]; with a cache, (logits, new_cache). Args as `hidden_states`."""
+    if not self.cfg.lm_head:
+      raise ValueError("this model has no LM head (lm_head=False); call Model.score instead")
     h, new_cache = self.hidden_states(tokens, attention_mask, positions=positions,
                                       segment_ids=segment_ids, cache=cache)
     if self.cfg.score_head and self.is_initializing():
       self.scores_from_hidden(h)  # Creates the score head's parameters too.
-    if not self.cfg.lm_head:
-      raise ValueError("this model has no LM head (lm_head=False); call Model.score instead")
     logits = self.logits_from_hidden(h)
     return logits if cache is None else (logits, new_cache)
 

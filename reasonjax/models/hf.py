@@ -216,17 +216,17 @@ class _SafetensorsFolder:
                             "(only safetensors checkpoints are read; never pickle)")
     self._open: dict[str, Any] = {}
 
-  def get(self, name: str) -> np.ndarray:
+  def _handle(self, name: str):
     file = self.files[name]
     if file not in self._open:
       self._open[file] = safetensors.safe_open(file, framework="numpy")
-    return self._open[file].get_tensor(name)
+    return self._open[file]
+
+  def get(self, name: str) -> np.ndarray:
+    return self._handle(name).get_tensor(name)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    file = self.files[name]
-    if file not in self._open:
-      self._open[file] = safetensors.safe_open(file, framework="numpy")
-    return tuple(self._open[file].get_slice(name).get_shape())
+    return tuple(self._handle(name).get_slice(name).get_shape())
 
 
 def read_config(path: str) -> ModelConfig:
