@@ -28,6 +28,10 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest>=8,<10",
+            "scipy>=1.11,<2",  # chi-square quantiles for the sampling tests
+            "nbclient>=0.10,<1",  # executes the colabs
+            "nbformat>=5.9,<6",
+            "ipykernel>=6.29,<8",
             # The only torch that installs as a CPU wheel on the CI machines; any other spec pulls CUDA.
             "torch==2.13.0",
         ],

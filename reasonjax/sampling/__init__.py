@@ -1,0 +1,12 @@
+"""Jitted sampling: prefill + KV-cache decode in one program, logits processors."""
+
+from reasonjax.sampling.processors import min_p_mask, sample_tokens, top_k_mask, top_p_mask
+from reasonjax.sampling.sampler import (EOS, FINISH_REASONS, LENGTH, STOP, SamplingConfig,
+                                        SamplingOutput, bucket_length, num_traces, sample,
+                                        sample_continuations)
+
+__all__ = [
+    "EOS", "FINISH_REASONS", "LENGTH", "STOP", "SamplingConfig", "SamplingOutput",
+    "bucket_length", "min_p_mask", "num_traces", "sample", "sample_continuations",
+    "sample_tokens", "top_k_mask", "top_p_mask",
+]

@@ -1,0 +1,263 @@
+"""Prefill + KV-cache decode as one compiled program.
+
+    out = sample(model, params, prompt_tokens, prompt_lengths, rng,
+                 SamplingConfig(max_new_tokens=64, temperature=0.7, num_samples=8))
+
+One XLA program per (model, config, batch size, prompt bucket): the prompt block is padded to the
+next power of two, so prompts of new lengths inside a bucket reuse the compiled program. Inside it,
+the prompts run through the model once, their KV cache is repeated for the `num_samples` samples
+of each prompt, and a `lax.while_loop` decodes one token per step into the preallocated cache until
+every row has finished or `max_new_tokens` is reached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from reasonjax.models import Model, init_cache
+from reasonjax.models.decoder import KVCache
+from reasonjax.sampling.processors import sample_tokens
+
+Array = jax.Array
+
+# Finish reasons in SamplingOutput.finish_reason.
+LENGTH, EOS, STOP = 0, 1, 2
+FINISH_REASONS = ("length", "eos", "stop")
+MIN_BUCKET = 16
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """What to sample. Hashable: one compiled program per distinct config.
+
+  Attributes:
+    max_new_tokens: generation budget per row.
+    temperature: 0.0 is greedy decoding.
+    top_k: keep the k most likely tokens (0: off).
+    top_p: nucleus sampling mass (1.0: off).
+    min_p: drop tokens below min_p * p_max (0.0: off).
+    num_samples: samples per prompt; output rows are prompt-major (row b * n + j).
+    eos_token_id: one id or a tuple of ids that end a row (reason 'eos'); None: none.
+    stop_token_ids: ids that end a row (reason 'stop'), e.g. a step delimiter token.
+    stop_sequences: token-id sequences that end a row right after they are generated (reason
+      'stop'); a reasoning-step delimiter is often several tokens.
+    pad_token_id: written after the end of each row.
+  """
+
+  max_new_tokens: int = 64
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  min_p: float = 0.0
+  num_samples: int = 1
+  eos_token_id: int | tuple[int, ...] | None = None
+  stop_token_ids: tuple[int, ...] = ()
+  stop_sequences: tuple[tuple[int, ...], ...] = ()
+  pad_token_id: int = 0
+
+  def __post_init__(self):
+    # Lists (from configs or JSON) become tuples, so the config stays hashable.
+    eos = self.eos_token_id
+    object.__setattr__(self, "eos_token_id", tuple(eos) if isinstance(eos, (list, tuple)) else eos)
+    object.__setattr__(self, "stop_token_ids", tuple(self.stop_token_ids))
+    object.__setattr__(self, "stop_sequences", tuple(tuple(s) for s in self.stop_sequences))
+    checks = [
+        (self.max_new_tokens >= 1, "max_new_tokens must be >= 1"),
+        (self.temperature >= 0.0, "temperature must be >= 0 (0 = greedy)"),
+        (self.top_k >= 0, "top_k must be >= 0 (0 = off)"),
+        (0.0 < self.top_p <= 1.0, "top_p must be in (0, 1]"),
+        (0.0 <= self.min_p < 1.0, "min_p must be in [0, 1)"),
+        (self.num_samples >= 1, "num_samples must be >= 1"),
+        (all(len(s) > 0 for s in self.stop_sequences), "stop_sequences must not be empty"),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ValueError(f"SamplingConfig: {message}; got {self}")
+
+  def replace(self, **changes: Any) -> SamplingConfig:
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def end_sequences(self) -> tuple[tuple[int, ...], ...]:
+    """Stop ids and stop sequences together: every sequence whose generation ends a row."""
+    return tuple((t,) for t in self.stop_token_ids) + self.stop_sequences
+
+
+@flax.struct.dataclass
+class SamplingOutput:
+  """Generated tokens. Rows are prompt-major: row b * num_samples + j is sample j of prompt b.
+
+  Attributes:
+    tokens: int32 [B * n, max_new_tokens], pad_token_id after each row's end.
+    lengths: int32 [B * n], generated tokens per row, the EOS / stop tokens included.
+    logprobs: float32 [B * n, max_new_tokens], log p(token) under softmax(logits / temperature)
+      before top-k/top-p/min-p truncation; 0 after the end.
+    finish_reason: int32 [B * n], LENGTH, EOS or STOP (names in FINISH_REASONS).
+  """
+
+  tokens: Array
+  lengths: Array
+  logprobs: Array
+  finish_reason: Array
+
+  @property
+  def mask(self) -> Array:
+    """1 for generated tokens, 0 for padding. float32 [B * n, max_new_tokens]."""
+    steps = jnp.arange(self.tokens.shape[1])[None]
+    return (steps < self.lengths[:, None]).astype(jnp.float32)
+
+
+@flax.struct.dataclass
+class _DecodeState:
+  step: Array  # int32 [], tokens generated so far
+  token: Array  # int32 [N], last token
+  tokens: Array  # int32 [N, max_new]
+  logprobs: Array  # float32 [N, max_new]
+  done: Array  # bool [N]
+  lengths: Array  # int32 [N]
+  finish_reason: Array  # int32 [N]
+  window: Array  # int32 [N, W], the last W tokens (W = longest stop sequence)
+  cache: KVCache
+
+
+def bucket_length(length: int) -> int:
+  """The prompt block width for `length`: the next power of two, at least MIN_BUCKET."""
+  return max(MIN_BUCKET, 1 << max(0, int(length) - 1).bit_length())
+
+
+_TRACES = {"generate": 0}
+
+
+def num_traces() -> int:
+  """How many times the generate program has been traced (= compiled), for recompile checks."""
+  return _TRACES["generate"]
+
+
+def _ends(config: SamplingConfig, window: Array, count: Array) -> tuple[Array, Array]:
+  """(ended by EOS, ended by a stop sequence) of the newest token. window: [N, W]."""
+  newest = window[:, -1]
+  eos = config.eos_token_id
+  eos_ids = () if eos is None else (eos,) if isinstance(eos, int) else eos
+  is_eos = jnp.isin(newest, jnp.asarray(eos_ids, jnp.int32)) if eos_ids else jnp.zeros_like(
+      newest, bool)
+  is_stop = jnp.zeros_like(newest, bool)
+  for seq in config.end_sequences:
+    m = len(seq)
+    # Only generated tokens count: a delimiter at the end of the prompt does not end the row.
+    match = jnp.all(window[:, window.shape[1] - m:] == jnp.asarray(seq, jnp.int32), axis=1)
+    is_stop |= match & (count >= m)
+  return is_eos, is_stop
+
+
+def _record(state: _DecodeState, logits: Array, rng: Array, config: SamplingConfig
+            ) -> _DecodeState:
+  """Draws the next token of every unfinished row from `logits` [N, V] and updates the state."""
+  token, logprob = sample_tokens(logits, jax.random.fold_in(rng, state.step),
+                                 temperature=config.temperature, top_k=config.top_k,
+                                 top_p=config.top_p, min_p=config.min_p)
+  live = ~state.done
+  token = jnp.where(live, token, config.pad_token_id)
+  logprob = jnp.where(live, logprob, 0.0)
+  window = jnp.concatenate([state.window[:, 1:], token[:, None]], axis=1)
+  count = state.step + 1
+  is_eos, is_stop = _ends(config, window, count)
+  out_of_budget = count >= config.max_new_tokens
+  finishing = live & (is_eos | is_stop | out_of_budget)
+  reason = jnp.where(is_eos, EOS, jnp.where(is_stop, STOP, LENGTH))
+  return state.replace(
+      step=count, token=token,
+      tokens=jax.lax.dynamic_update_slice_in_dim(state.tokens, token[:, None], state.step, 1),
+      logprobs=jax.lax.dynamic_update_slice_in_dim(state.logprobs, logprob[:, None], state.step,
+                                                   1),
+      done=state.done | finishing, lengths=jnp.where(live, count, state.lengths),
+      finish_reason=jnp.where(finishing, reason, state.finish_reason), window=window)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "config"))
+def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *, model: Model,
+              config: SamplingConfig) -> SamplingOutput:
+  _TRACES["generate"] += 1  # Python side effect: runs once per trace.
+  batch, width = prompt_tokens.shape
+  n, steps = config.num_samples, config.max_new_tokens
+  prompt_mask = (jnp.arange(width)[None] < prompt_lengths[:, None]).astype(jnp.int32)
+  cache = init_cache(model.cfg, batch, width + steps)
+  logits, cache = model.apply({"params": params}, prompt_tokens * prompt_mask,
+                              attention_mask=prompt_mask, cache=cache)
+  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+  # The prompt is run once; its cache and last logits are shared by its n samples.
+  repeat = lambda x, axis=0: jnp.repeat(x, n, axis=axis, total_repeat_length=x.shape[axis] * n)  # noqa: E731
+  cache = KVCache(k=repeat(cache.k, 1), v=repeat(cache.v, 1), lengths=repeat(cache.lengths))
+  rows = batch * n
+  window = max([len(s) for s in config.end_sequences] + [1])
+  state = _DecodeState(
+      step=jnp.zeros((), jnp.int32), token=jnp.zeros((rows,), jnp.int32),
+      tokens=jnp.full((rows, steps), config.pad_token_id, jnp.int32),
+      logprobs=jnp.zeros((rows, steps), jnp.float32), done=jnp.zeros((rows,), bool),
+      lengths=jnp.zeros((rows,), jnp.int32), finish_reason=jnp.full((rows,), LENGTH, jnp.int32),
+      window=jnp.full((rows, window), -1, jnp.int32), cache=cache)
+  state = _record(state, repeat(last), rng, config)
+
+  def cond(state: _DecodeState) -> Array:
+    return (state.step < steps) & ~jnp.all(state.done)
+
+  def body(state: _DecodeState) -> _DecodeState:
+    logits, cache = model.apply({"params": params}, state.token[:, None], cache=state.cache)
+    return _record(state.replace(cache=cache), logits[:, 0], rng, config)
+
+  state = jax.lax.while_loop(cond, body, state)
+  return SamplingOutput(tokens=state.tokens, lengths=state.lengths, logprobs=state.logprobs,
+                        finish_reason=state.finish_reason)
+
+
+def sample(model: Model, params, prompt_tokens, prompt_lengths, rng: Array,
+           config: SamplingConfig) -> SamplingOutput:
+  """Samples `config.num_samples` continuations of each prompt.
+
+  Args:
+    model: a `models.Model` (its config is static: one program per model shape).
+    params: its parameters (sharded or not; under `sharding.axis_rules` the program is sharded).
+    prompt_tokens: int32 [B, P], right-padded.
+    prompt_lengths: int32 [B], each in [1, P].
+    rng: PRNG key (unused when greedy).
+    config: a `SamplingConfig`.
+
+  Returns:
+    `SamplingOutput` with B * num_samples rows.
+  """
+  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  if prompt_tokens.ndim != 2:
+    raise ValueError(f"prompt_tokens must be int32 [B, P], got shape {prompt_tokens.shape}")
+  batch, width = prompt_tokens.shape
+  if np.shape(prompt_lengths) != (batch,):
+    raise ValueError(f"prompt_lengths must be int32 [{batch}], got shape {np.shape(prompt_lengths)}")
+  if not isinstance(prompt_lengths, jax.Array):  # Host data: check it without a device sync.
+    lengths = np.asarray(prompt_lengths)
+    if lengths.min() < 1 or lengths.max() > width:
+      raise ValueError(f"prompt_lengths must be in [1, {width}] (the prompt_tokens width), got "
+                       f"{lengths.min()}..{lengths.max()}")
+  prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+  bucket = bucket_length(width)
+  prompt_tokens = jnp.pad(prompt_tokens, ((0, 0), (0, bucket - width)))
+  return _generate(params, prompt_tokens, prompt_lengths, rng, model=model, config=config)
+
+
+def sample_continuations(model: Model, params, prefix_tokens, prefix_lengths, rng: Array, *,
+                         num_continuations: int, step_delimiters: tuple[tuple[int, ...], ...],
+                         max_step_tokens: int, config: SamplingConfig = SamplingConfig(
+                             temperature=1.0)) -> SamplingOutput:
+  """k continuations of each prefix (prompt + partial solution), each up to the end of the next
+  step: the first generated `step_delimiters` sequence (finish reason STOP), an EOS, or
+  `max_step_tokens`. Monte-Carlo step labels and MCTS expansion call this in large batches.
+
+  Returns rows prefix-major: row b * num_continuations + j.
+  """
+  config = config.replace(num_samples=num_continuations, max_new_tokens=max_step_tokens,
+                          stop_sequences=tuple(tuple(d) for d in step_delimiters))
+  return sample(model, params, prefix_tokens, prefix_lengths, rng, config)
