@@ -39,34 +39,68 @@ class KVCache:
   different lengths decode in one batch.
 
   Attributes:
-    k, v: [L, B, S, K, hd] in the compute dtype.
+    k, v: [L, B, K, S, hd] for a scanned model; for `scan_layers=False` a tuple of L arrays
+      [B, K, S, hd], so that each layer reads its own buffer instead of a slice copy. Heads
+      before slots is the layout attention reads without a transpose.
     lengths: int32 [B].
   """
 
-  k: Array
-  v: Array
+  k: Array | tuple[Array, ...]
+  v: Array | tuple[Array, ...]
   lengths: Array
 
-  LOGICAL_AXES = ("layers", "act_batch", "cache_len", "act_kv_heads", "head_dim")
+  LOGICAL_AXES = ("layers", "act_batch", "act_kv_heads", "cache_len", "head_dim")
 
   @property
   def capacity(self) -> int:
-    return self.k.shape[2]
+    return self.k[0].shape[2] if isinstance(self.k, tuple) else self.k.shape[3]
 
-  def write(self, layer: Array, slots: Array, k: Array, v: Array) -> KVCache:
-    """Scatters k, v [B, T, K, hd] into `layer` at `slots` [B, T]; out-of-range slots drop."""
+  def layer(self, i) -> tuple[Array, Array]:
+    """Keys and values of layer i (an int, or a traced index for the stacked layout)."""
+    return self.k[i], self.v[i]
+
+  def write(self, i, slots: Array, k: Array, v: Array) -> KVCache:
+    """Scatters k, v [B, T, K, hd] into layer i at `slots` [B, T]; out-of-range slots drop."""
     rows = jnp.arange(k.shape[0])[:, None]
-    new_k = self.k.at[layer, rows, slots].set(k.astype(self.k.dtype), mode="drop")
-    new_v = self.v.at[layer, rows, slots].set(v.astype(self.v.dtype), mode="drop")
-    return self.replace(k=new_k, v=new_v)
+    # Advanced indices around a slice: buffer[rows, :, slots] has shape [B, T, K, hd], like k.
+    if isinstance(self.k, tuple):
+      def put(buffers, x):
+        return tuple(b.at[rows, :, slots].set(x.astype(b.dtype), mode="drop") if j == i else b
+                     for j, b in enumerate(buffers))
+    else:
+      def put(buffers, x):
+        return buffers.at[i, rows, :, slots].set(x.astype(buffers.dtype), mode="drop")
+    return self.replace(k=put(self.k, k), v=put(self.v, v))
+
+  def repeat(self, n: int) -> KVCache:
+    """Each row repeated n times (row b -> rows b*n .. b*n+n-1): n samples share a prompt."""
+    axis = 0 if isinstance(self.k, tuple) else 1
+    rep = lambda x, ax: jnp.repeat(x, n, axis=ax, total_repeat_length=x.shape[ax] * n)  # noqa: E731
+    return KVCache(k=jax.tree.map(lambda x: rep(x, axis), self.k),
+                   v=jax.tree.map(lambda x: rep(x, axis), self.v), lengths=rep(self.lengths, 0))
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> KVCache:
   """An empty cache for `batch_size` rows of up to `capacity` tokens (prompt + generation)."""
-  shape = (cfg.num_layers, batch_size, capacity, cfg.num_kv_heads, cfg.head_dim)
   dtype = dtype or jnp.dtype(cfg.dtype)
-  return KVCache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
-                 lengths=jnp.zeros((batch_size,), jnp.int32))
+  shape = (batch_size, cfg.num_kv_heads, capacity, cfg.head_dim)
+  if cfg.scan_layers:
+    k = jnp.zeros((cfg.num_layers,) + shape, dtype)
+    v = jnp.zeros((cfg.num_layers,) + shape, dtype)
+  else:
+    k = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    v = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+  return KVCache(k=k, v=v, lengths=jnp.zeros((batch_size,), jnp.int32))
+
+
+def unstack_layers(params):
+  """Scanned parameters ({"layers": [L, ...] leaves}) -> the `scan_layers=False` tree
+  ({"layers_0": ..., "layers_{L-1}": ...}); everything else is shared."""
+  params = dict(params)
+  stacked = params.pop("layers")
+  num_layers = jax.tree.leaves(stacked)[0].shape[0]
+  return params | {f"layers_{i}": jax.tree.map(lambda x: x[i], stacked)
+                   for i in range(num_layers)}
 
 
 def segment_positions(segment_ids: Array) -> Array:
@@ -104,10 +138,13 @@ class Model(nn.Module):
     layer = DecoderLayer
     if cfg.remat != "none":
       layer = nn.remat(layer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    self.layers = nn.scan(
-        layer, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
-        length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+    if cfg.scan_layers:
+      self.layers = nn.scan(
+          layer, variable_axes={"params": 0}, split_rngs={"params": True},
+          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast, nn.broadcast),
+          length=cfg.num_layers, metadata_params={nn.PARTITION_NAME: "layers"})(cfg)
+    else:
+      self.layers = [layer(cfg) for _ in range(cfg.num_layers)]
     self.norm = RMSNorm(cfg.rms_norm_eps, dtype, pdtype)
     if cfg.lm_head and not cfg.tie_word_embeddings:
       self.lm_head = Linear((cfg.vocab_size,), ("embed", "vocab"), cfg, out_dtype=jnp.float32)
@@ -155,8 +192,12 @@ class Model(nn.Module):
     table = nn.with_logical_constraint(self.embed_tokens.embedding, ("vocab", None))
     h = jnp.take(table, tokens, axis=0).astype(cfg.dtype)
     h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_embed"))
-    layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-    (h, cache), _ = self.layers((h, cache), layer_ids, sin, cos, mask, slots)
+    if cfg.scan_layers:
+      layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+      (h, cache), _ = self.layers((h, cache), layer_ids, sin, cos, mask, slots)
+    else:
+      for i, layer in enumerate(self.layers):
+        (h, cache), _ = layer((h, cache), i, sin, cos, mask, slots)
     if cache is not None:
       cache = cache.replace(lengths=new_lengths)
     return self.norm(h), cache

@@ -110,6 +110,26 @@ class Linear(nn.Module):
     return y
 
 
+def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
+  """softmax(q k^T / sqrt(hd) + log mask) v over a KV cache in [B, K, S, hd] layout.
+
+  q: [B, T, H, hd]; k, v: [B, K, S, hd] (K KV heads, each shared by H / K query heads);
+  mask: bool [B, 1, T, S]. Returns [B, T, H, hd]. The cache layout is the one these two
+  contractions read without a transpose, which decode steps would otherwise pay for every layer.
+  """
+  b, t, h, hd = q.shape
+  kv = k.shape[1]
+  qg = q.reshape(b, t, kv, h // kv, hd)
+  scores = jnp.einsum("btkgd,bksd->bkgts", qg, k.astype(q.dtype),
+                      preferred_element_type=jnp.float32) / np.sqrt(hd)
+  scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+  # Head-major output, then a small transpose: XLA:CPU runs this contraction ~3x faster than
+  # one that writes [B, T, K, G, hd] directly.
+  out = jnp.einsum("bkgts,bksd->bkgtd", probs, v.astype(q.dtype))
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
+
+
 class Attention(nn.Module):
   """Grouped-query self-attention with RoPE and an optional in-place KV cache.
 
@@ -138,12 +158,12 @@ class Attention(nn.Module):
     q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
     q = nn.with_logical_constraint(q, ("act_batch", "act_len", "act_heads", "head_dim"))
     k = nn.with_logical_constraint(k, ("act_batch", "act_len", "act_kv_heads", "head_dim"))
-    if cache is not None:
+    if cache is None:
+      impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
+      out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
+    else:
       cache = cache.write(layer, slots, k, v)
-      k, v = cache.k[layer], cache.v[layer]
-    impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
-    out = jax.nn.dot_product_attention(q, k.astype(dtype), v.astype(dtype), mask=mask,
-                                       implementation=impl)
+      out = cached_attention(q, *cache.layer(layer), mask)
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", "head_dim"))
     out = Linear((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg, n_in=2,
                  use_bias=cfg.o_bias, name="o_proj")(out)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reasonjax.models import Model, init_cache
+from reasonjax.models import Model, init_cache, unstack_layers
 from reasonjax.models.decoder import KVCache
 from reasonjax.sampling.processors import sample_tokens
 
@@ -186,14 +186,19 @@ def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *
   _TRACES["generate"] += 1  # Python side effect: runs once per trace.
   batch, width = prompt_tokens.shape
   n, steps = config.num_samples, config.max_new_tokens
+  # Layers unrolled, weights split once per call: inside the loop each layer then reads its own
+  # weight and cache buffers, where a scanned layer would copy a slice of the stacked arrays.
+  if model.cfg.scan_layers:
+    model = Model(model.cfg.replace(scan_layers=False))
+    params = unstack_layers(params)
   prompt_mask = (jnp.arange(width)[None] < prompt_lengths[:, None]).astype(jnp.int32)
   cache = init_cache(model.cfg, batch, width + steps)
   logits, cache = model.apply({"params": params}, prompt_tokens * prompt_mask,
                               attention_mask=prompt_mask, cache=cache)
   last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
   # The prompt is run once; its cache and last logits are shared by its n samples.
-  repeat = lambda x, axis=0: jnp.repeat(x, n, axis=axis, total_repeat_length=x.shape[axis] * n)  # noqa: E731
-  cache = KVCache(k=repeat(cache.k, 1), v=repeat(cache.v, 1), lengths=repeat(cache.lengths))
+  cache = cache.repeat(n)
+  last = jnp.repeat(last, n, axis=0, total_repeat_length=batch * n)
   rows = batch * n
   window = max([len(s) for s in config.end_sequences] + [1])
   state = _DecodeState(
@@ -202,7 +207,7 @@ def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *
       logprobs=jnp.zeros((rows, steps), jnp.float32), done=jnp.zeros((rows,), bool),
       lengths=jnp.zeros((rows,), jnp.int32), finish_reason=jnp.full((rows,), LENGTH, jnp.int32),
       window=jnp.full((rows, window), -1, jnp.int32), cache=cache)
-  state = _record(state, repeat(last), rng, config)
+  state = _record(state, last, rng, config)
 
   def cond(state: _DecodeState) -> Array:
     return (state.step < steps) & ~jnp.all(state.done)
