@@ -46,6 +46,18 @@ def min_p_mask(logits: Array, min_p: float) -> Array:
   return jnp.where(logits >= max_logit + jnp.log(min_p), logits, -jnp.inf)
 
 
+def draw_categorical(rng: Array, logits: Array) -> Array:
+  """One draw per row from softmax(logits) by inverting the CDF. logits [N, V] -> int32 [N].
+
+  One uniform number per row instead of the V Gumbel variates of `jax.random.categorical`:
+  generating those dominated a CPU decode step at vocabulary sizes of 32k and more.
+  """
+  cdf = jnp.cumsum(jax.nn.softmax(logits, axis=-1), axis=-1)
+  # u in (0, total]: the first index with cdf >= u has positive probability.
+  u = (1.0 - jax.random.uniform(rng, (logits.shape[0], 1))) * cdf[:, -1:]
+  return jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+
+
 def sample_tokens(logits: Array, rng: Array, *, temperature: float, top_k: int = 0,
                   top_p: float = 1.0, min_p: float = 0.0) -> tuple[Array, Array]:
   """Draws one token per row.
@@ -67,6 +79,6 @@ def sample_tokens(logits: Array, rng: Array, *, temperature: float, top_k: int =
   else:
     scaled = logits / temperature
     truncated = min_p_mask(top_p_mask(top_k_mask(scaled, top_k), top_p), min_p)
-    tokens = jax.random.categorical(rng, truncated, axis=-1).astype(jnp.int32)
+    tokens = draw_categorical(rng, truncated)
   logprobs = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), tokens[:, None], -1)[:, 0]
   return tokens, logprobs

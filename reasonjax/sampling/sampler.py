@@ -186,16 +186,20 @@ def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *
   _TRACES["generate"] += 1  # Python side effect: runs once per trace.
   batch, width = prompt_tokens.shape
   n, steps = config.num_samples, config.max_new_tokens
-  # Layers unrolled, weights split once per call: inside the loop each layer then reads its own
-  # weight and cache buffers, where a scanned layer would copy a slice of the stacked arrays.
+  # The inference layout, built once per call: layers unrolled so that each reads its own weight
+  # and cache buffers (a scanned layer copies a slice of the stacked arrays at every step), and
+  # weights already in the compute dtype (not cast at every step).
   if model.cfg.scan_layers:
-    model = Model(model.cfg.replace(scan_layers=False))
     params = unstack_layers(params)
+    model = Model(model.cfg.replace(scan_layers=False))
+  params = jax.tree.map(lambda x: x.astype(model.cfg.dtype), params)
   prompt_mask = (jnp.arange(width)[None] < prompt_lengths[:, None]).astype(jnp.int32)
   cache = init_cache(model.cfg, batch, width + steps)
-  logits, cache = model.apply({"params": params}, prompt_tokens * prompt_mask,
-                              attention_mask=prompt_mask, cache=cache)
-  last = jnp.take_along_axis(logits, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
+  hidden, cache = model.apply({"params": params}, prompt_tokens * prompt_mask,
+                              attention_mask=prompt_mask, cache=cache, method=Model.hidden_states)
+  # Vocabulary logits of the last prompt token only: [B, P, V] would cost more than the prefill.
+  hidden = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)
+  last = model.apply({"params": params}, hidden, method=Model.logits_from_hidden)[:, 0]
   # The prompt is run once; its cache and last logits are shared by its n samples.
   cache = cache.repeat(n)
   last = jnp.repeat(last, n, axis=0, total_repeat_length=batch * n)
