@@ -24,6 +24,13 @@ setuptools.setup(
         "safetensors>=0.4.3,<1",
         "transformers>=5.0,<6",
         "tqdm>=4.66,<5",
+        # Data: TFDS builders in array_record format read through grain (no TensorFlow needed).
+        "tensorflow-datasets>=4.9.9,<5",
+        "grain>=0.2.12,<0.3",
+        "array-record>=0.7,<0.9",
+        "sentencepiece>=0.2,<0.3",
+        # MATH answer equivalence.
+        "math-verify[antlr4_13_2]>=0.8,<0.10",
     ],
     extras_require={
         "test": [

@@ -1,0 +1,1 @@
+"""Verifiers and reward functions (host side): answer grading, the code sandbox."""
