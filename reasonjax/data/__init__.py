@@ -1,0 +1,1 @@
+"""Tasks, datasets, tokenizers and batching."""
