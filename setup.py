@@ -26,6 +26,7 @@ setuptools.setup(
         "tqdm>=4.66,<5",
         # Data: TFDS builders in array_record format read through grain (no TensorFlow needed).
         "tensorflow-datasets>=4.9.9,<5",
+        "importlib_resources>=6",  # TFDS needs it for builders defined in a package
         "grain>=0.2.12,<0.3",
         "array-record>=0.7,<0.9",
         "sentencepiece>=0.2,<0.3",
