@@ -12,6 +12,7 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["reasonjax", "reasonjax.*", "configs"]),
+    package_data={"reasonjax.data": ["tokenizer_models/*.model"]},
     install_requires=[
         # jax 0.11 is what the GPU images ship; keep both working.
         "jax>=0.10.2,<0.13",
