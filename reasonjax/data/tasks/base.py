@@ -65,9 +65,10 @@ def parse_steps(text: str, delimiter: str = "\n") -> list[str]:
 
 
 def parse_answer(text: str) -> str | None:
-  """The text after the first `####`, up to the end of its line; None without one."""
-  match = re.search(re.escape(ANSWER_PREFIX) + r"\s*([^\n]*)", text)
-  return match.group(1).strip() if match else None
+  """The text after the last `####`, up to the end of its line; None without one. The last:
+  a completion that lists several answers is judged by its final word."""
+  found = re.findall(re.escape(ANSWER_PREFIX) + r"\s*([^\n]*)", text)
+  return found[-1].strip() if found else None
 
 
 def parse_equation(step: str) -> tuple[int, str, int, int] | None:
