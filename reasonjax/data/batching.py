@@ -114,7 +114,8 @@ def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack:
   """An iterator of fixed-shape batches over `examples` (see the module docstring).
 
   Args:
-    examples: from the `*_example` functions (all of one kind).
+    examples: a sequence of examples from the `*_example` functions (all of one kind), or a
+      lazy one (`grain.MapDataset.source(records).map(make_example)`).
     batch_size: rows per batch on this process.
     seq_len: T; longer examples are truncated, or dropped with `drop_too_long`.
     pack: first-fit packing of several examples per row (needs `inputs`; SFT and PRM).
@@ -129,7 +130,8 @@ def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack:
     raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
   if len(examples) < process_count:
     raise ValueError(f"{len(examples)} examples cannot be sharded over {process_count} processes")
-  dataset = grain.MapDataset.source(list(examples))[process_index::process_count]
+  # A lazy sequence (e.g. a data source mapped through a tokenizer) is read only on this shard.
+  dataset = grain.MapDataset.source(examples)[process_index::process_count]
   if shuffle:
     dataset = dataset.shuffle(seed=seed)  # Before repeat: a new order every epoch.
   dataset = dataset.repeat(num_epochs).to_iter_dataset()

@@ -1,5 +1,6 @@
 """Batches: shapes, masks and packing against brute force; exact resume; process shards."""
 
+import grain
 import numpy as np
 import pytest
 
@@ -90,6 +91,20 @@ def test_process_shards_are_disjoint_and_cover():
     assert len(mine) == 20
     indices.append(set(mine))
   assert set.union(*indices) == set(range(60)) and sum(map(len, indices)) == 60
+
+
+def test_lazy_examples_are_made_only_for_this_process():
+  made = []
+
+  def make(index):
+    made.append(index)
+    return batching.prompt_example(TOK, TASK.prompt(PROBLEMS[index]), index)
+
+  lazy = grain.MapDataset.range(len(PROBLEMS)).map(make)
+  it = batching.batches(lazy, batch_size=5, seq_len=64, num_epochs=1, process_index=1,
+                        process_count=4)
+  assert sorted(int(i) for batch in it for i in batch["index"]) == list(range(1, 60, 4))
+  assert set(made) == set(range(1, 60, 4))
 
 
 def test_prompt_batches_give_lengths():
