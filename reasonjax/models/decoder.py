@@ -237,7 +237,7 @@ class Model(nn.Module):
     return self.scores_from_hidden(h)
 
 
-def _init_boxed(cfg: ModelConfig, rng: Array):
+def init_boxed_params(cfg: ModelConfig, rng: Array):
   """Parameters still wrapped in their logical-partitioning metadata."""
   tokens = jnp.zeros((1, 1), jnp.int32)
   method = Model.__call__ if cfg.lm_head else Model.score
@@ -247,7 +247,7 @@ def _init_boxed(cfg: ModelConfig, rng: Array):
 @functools.partial(jax.jit, static_argnums=0)
 def init_params(cfg: ModelConfig, rng: Array):
   """Random parameters, a plain pytree of `param_dtype` arrays (unsharded; see sharding.py)."""
-  return nn.unbox(_init_boxed(cfg, rng))
+  return nn.unbox(init_boxed_params(cfg, rng))
 
 
 def param_shapes(cfg: ModelConfig):
@@ -257,5 +257,5 @@ def param_shapes(cfg: ModelConfig):
 
 def param_logical_axes(cfg: ModelConfig):
   """The parameter tree with a logical `PartitionSpec` (e.g. ('layers', 'embed', 'mlp')) per leaf."""
-  return nn.get_partition_spec(jax.eval_shape(functools.partial(_init_boxed, cfg),
+  return nn.get_partition_spec(jax.eval_shape(functools.partial(init_boxed_params, cfg),
                                               jax.random.key(0)))

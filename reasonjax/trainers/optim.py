@@ -1,0 +1,64 @@
+"""The optimizer from the config: AdamW, linear warmup + cosine decay, global-norm clipping, and a
+guard that skips updates with non-finite gradients.
+
+    tx = optim.make_optimizer(config.optimizer)
+    optim.nonfinite_streak(state.opt_state)   # consecutive skipped updates, for the loop to stop
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import optax
+
+FIELDS = {"learning_rate": 3e-4, "warmup_steps": 100, "total_steps": 10_000,
+          "end_learning_rate_ratio": 0.1, "b1": 0.9, "b2": 0.95, "eps": 1e-8,
+          "weight_decay": 0.1, "clip_norm": 1.0, "max_nonfinite_steps": 10}
+
+
+def learning_rate_schedule(opt: Mapping[str, Any]) -> optax.Schedule:
+  """0 -> learning_rate linearly over warmup_steps, then cosine to lr * end_learning_rate_ratio
+  at total_steps."""
+  peak = opt["learning_rate"]
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak, warmup_steps=opt["warmup_steps"],
+      decay_steps=max(opt["total_steps"], opt["warmup_steps"] + 1),
+      end_value=peak * opt["end_learning_rate_ratio"])
+
+
+def _decay_mask(params):
+  """Weight decay on matrices only: norms, biases and scalar heads stay undecayed."""
+  return jax.tree.map(lambda x: x.ndim >= 2, params)
+
+
+def make_optimizer(opt: Mapping[str, Any]) -> optax.GradientTransformation:
+  """AdamW + clipping from `opt` (keys as in FIELDS; unknown keys raise with the valid ones).
+
+  Updates whose gradients hold a NaN or Inf are skipped (optax.apply_if_finite); the loop stops
+  the run once `nonfinite_streak` reaches max_nonfinite_steps, before the guard would give up.
+  """
+  opt = dict(opt)
+  unknown = sorted(set(opt) - set(FIELDS))
+  if unknown:
+    raise ValueError(f"unknown optimizer field(s) {unknown}; valid: {sorted(FIELDS)}")
+  opt = FIELDS | opt
+  for name in ("learning_rate", "total_steps", "max_nonfinite_steps"):
+    if opt[name] <= 0:
+      raise ValueError(f"optimizer.{name} must be positive, got {opt[name]}")
+  tx = optax.chain(
+      optax.clip_by_global_norm(opt["clip_norm"]) if opt["clip_norm"] > 0 else optax.identity(),
+      optax.adamw(learning_rate_schedule(opt), b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
+                  weight_decay=opt["weight_decay"], mask=_decay_mask))
+  return optax.apply_if_finite(tx, max_consecutive_errors=opt["max_nonfinite_steps"] + 1)
+
+
+def nonfinite_streak(opt_state) -> jax.Array:
+  """Consecutive updates skipped for non-finite gradients (int32 scalar)."""
+  return opt_state.notfinite_count
+
+
+def nonfinite_total(opt_state) -> jax.Array:
+  """All updates skipped so far (int32 scalar)."""
+  return opt_state.total_notfinite

@@ -1,0 +1,61 @@
+"""Optimizer from the config: schedule, decay mask, clipping and the non-finite guard."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from reasonjax.trainers import optim
+
+OPT = {"learning_rate": 1e-2, "warmup_steps": 10, "total_steps": 110,
+       "end_learning_rate_ratio": 0.1, "weight_decay": 0.5, "clip_norm": 0.0}
+
+
+def test_schedule_warmup_then_cosine():
+  lr = optim.learning_rate_schedule(optim.FIELDS | OPT)
+  assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(5e-3)
+  assert float(lr(10)) == pytest.approx(1e-2)
+  t = 35  # a quarter into the decay
+  cosine = 0.5 * (1 + np.cos(np.pi * 25 / 100))
+  assert float(lr(t)) == pytest.approx(1e-3 + (1e-2 - 1e-3) * cosine, rel=1e-5)
+  assert float(lr(110)) == pytest.approx(1e-3)
+
+
+def test_weight_decay_only_on_matrices():
+  tx = optim.make_optimizer(OPT)
+  params = {"kernel": jnp.ones((2, 3)), "scale": jnp.ones((3,))}
+  state = tx.init(params)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(11):  # to the end of warmup, where lr = 1e-2
+    updates, state = tx.update(zeros, state, params)
+  np.testing.assert_allclose(updates["kernel"], -1e-2 * 0.5 * np.ones((2, 3)), rtol=1e-5)
+  np.testing.assert_array_equal(updates["scale"], np.zeros(3))
+
+
+def test_clipping_bounds_the_update_direction():
+  tx = optax.chain(optax.clip_by_global_norm(1.0))
+  clipped, _ = tx.update({"w": jnp.array([30.0, 40.0])}, tx.init(None))
+  np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-6)
+  tx = optim.make_optimizer(OPT | {"clip_norm": 1.0})
+  assert tx.init({"w": jnp.ones(2)}) is not None
+
+
+def test_nonfinite_gradients_skip_the_update_and_count():
+  tx = optim.make_optimizer(OPT | {"max_nonfinite_steps": 3})
+  params = {"w": jnp.ones((2, 2))}
+  state = tx.init(params)
+  bad = {"w": jnp.array([[jnp.nan, 1.0], [1.0, 1.0]])}
+  for streak in (1, 2):
+    updates, state = tx.update(bad, state, params)
+    assert (np.asarray(updates["w"]) == 0).all()
+    assert int(optim.nonfinite_streak(state)) == streak
+  updates, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
+  assert int(optim.nonfinite_streak(state)) == 0 and int(optim.nonfinite_total(state)) == 2
+
+
+def test_bad_fields_are_named():
+  with pytest.raises(ValueError, match=r"unknown optimizer field\(s\) \['lr'\]; valid"):
+    optim.make_optimizer({"lr": 1.0})
+  with pytest.raises(ValueError, match="learning_rate must be positive"):
+    optim.make_optimizer({"learning_rate": 0.0})
