@@ -27,18 +27,14 @@ import numpy as np
 Example = dict[str, np.ndarray]
 
 
-def _ids(tokenizer, text: str, **kw) -> list[int]:
-  return tokenizer.encode(text, **kw)
-
-
 def sft_example(tokenizer, prompt: str, completion: str) -> Example:
   """Loss on the completion (and EOS) only.
 
   Returns inputs, targets int32 [L-1] and loss_mask float32 [L-1] (1 where the target is a
   completion token), L = len(bos + prompt + completion + eos).
   """
-  prompt_ids = _ids(tokenizer, prompt, add_bos=True)
-  completion_ids = _ids(tokenizer, completion, add_eos=True)
+  prompt_ids = tokenizer.encode(prompt, add_bos=True)
+  completion_ids = tokenizer.encode(completion, add_eos=True)
   seq = np.asarray(prompt_ids + completion_ids, np.int32)
   is_completion = np.r_[np.zeros(len(prompt_ids)), np.ones(len(completion_ids))]
   return {"inputs": seq[:-1], "targets": seq[1:],
@@ -62,10 +58,10 @@ def prm_example(tokenizer, prompt: str, steps: Sequence[str], labels: Sequence[f
   """
   if len(steps) != len(labels):
     raise ValueError(f"prm_example: {len(steps)} steps but {len(labels)} labels")
-  ids = _ids(tokenizer, prompt, add_bos=True)
+  ids = tokenizer.encode(prompt, add_bos=True)
   step_mask, step_labels = [0.0] * len(ids), [0.0] * len(ids)
   for step, label in zip(steps, labels):
-    step_ids = _ids(tokenizer, step + tokenizer.step_delimiter)
+    step_ids = tokenizer.encode(step + tokenizer.step_delimiter)
     ids += step_ids
     step_mask += [0.0] * (len(step_ids) - 1) + [1.0]
     step_labels += [0.0] * (len(step_ids) - 1) + [float(label)]
@@ -75,7 +71,7 @@ def prm_example(tokenizer, prompt: str, steps: Sequence[str], labels: Sequence[f
 
 def prompt_example(tokenizer, prompt: str, index: int) -> Example:
   """A prompt for on-policy sampling; `index` finds the problem (and its answer) on the host."""
-  ids = np.asarray(_ids(tokenizer, prompt, add_bos=True), np.int32)
+  ids = np.asarray(tokenizer.encode(prompt, add_bos=True), np.int32)
   return {"prompt": ids, "index": np.asarray(index, np.int32)}
 
 

@@ -49,8 +49,6 @@ class KVCache:
   v: Array | tuple[Array, ...]
   lengths: Array
 
-  LOGICAL_AXES = ("layers", "act_batch", "act_kv_heads", "cache_len", "head_dim")
-
   @property
   def capacity(self) -> int:
     return self.k[0].shape[2] if isinstance(self.k, tuple) else self.k.shape[3]

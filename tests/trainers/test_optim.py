@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from reasonjax.trainers import optim
@@ -33,12 +32,13 @@ def test_weight_decay_only_on_matrices():
   np.testing.assert_array_equal(updates["scale"], np.zeros(3))
 
 
-def test_clipping_bounds_the_update_direction():
-  tx = optax.chain(optax.clip_by_global_norm(1.0))
-  clipped, _ = tx.update({"w": jnp.array([30.0, 40.0])}, tx.init(None))
-  np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-6)
-  tx = optim.make_optimizer(OPT | {"clip_norm": 1.0})
-  assert tx.init({"w": jnp.ones(2)}) is not None
+def test_gradients_are_clipped_before_adam():
+  """Adam's first moment after one step is (1 - b1) times the clipped gradient."""
+  tx = optim.make_optimizer(OPT | {"clip_norm": 1.0, "b1": 0.9})
+  params = {"w": jnp.ones(2)}
+  _, state = tx.update({"w": jnp.array([30.0, 40.0])}, tx.init(params), params)
+  mu = state.inner_state[1][0].mu["w"]  # apply_if_finite -> chain(clip, adamw) -> scale_by_adam
+  np.testing.assert_allclose(np.asarray(mu), 0.1 * np.array([0.6, 0.8]), rtol=1e-6)
 
 
 def test_nonfinite_gradients_skip_the_update_and_count():
