@@ -25,6 +25,7 @@ setuptools.setup(
         "safetensors>=0.4.3,<1",
         "transformers>=5.0,<6",
         "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<3",  # TensorBoard event files without TensorFlow (metrics.MetricWriter)
         # Data: TFDS builders in array_record format read through grain (no TensorFlow needed).
         "tensorflow-datasets>=4.9.9,<5",
         "importlib_resources>=6",  # TFDS needs it for builders defined in a package

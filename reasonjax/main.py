@@ -17,6 +17,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from reasonjax import trainers
+from reasonjax.trainers import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].",
                                           lock_config=True)
@@ -27,6 +28,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # Libraries (orbax above all) log every save at INFO; --verbosity=0 shows them.
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   run = trainers.get(config.trainer)
   workdir = os.path.abspath(_WORKDIR.value)
@@ -34,7 +38,12 @@ def main(argv):
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json_best_effort(indent=2))
   logging.info("config:\n%s", config)
-  run(config, workdir)
+  print(f"{config.trainer}: workdir {workdir}", flush=True)
+  try:
+    run(config, workdir)
+  except loop.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)
 
 
 def check_overrides(argv: list[str]) -> None:

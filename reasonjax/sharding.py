@@ -81,3 +81,23 @@ def axis_rules(mesh: Mesh, rules: Rules):
   """Context for tracing model code: activations' logical constraints resolve on `mesh`."""
   with jax.set_mesh(mesh), nn.logical_axis_rules(tuple(rules)):
     yield
+
+
+def batch_shardings(batch, mesh: Mesh, rules: Rules, *, process_count: int | None = None):
+  """NamedShardings of a host batch (a dict of arrays): dim 0 on `act_batch`, dim 1 on
+  `act_len`, the rest replicated. Shapes are per process; the global batch is process_count
+  times larger along dim 0."""
+  count = jax.process_count() if process_count is None else process_count
+  logical = ("act_batch", "act_len")
+
+  def one(x):
+    shape = (x.shape[0] * count,) + x.shape[1:] if x.ndim else ()
+    spec = PartitionSpec(*logical[:x.ndim])
+    return NamedSharding(mesh, logical_to_mesh_spec(spec, shape, mesh, rules))
+
+  return jax.tree.map(one, batch)
+
+
+def put_batch(batch, shardings):
+  """Each process's rows of a batch -> global arrays in `shardings` (one host copy, no gather)."""
+  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)

@@ -178,7 +178,10 @@ def _to_hf(x: np.ndarray, n_in: int, bias: bool) -> np.ndarray:
 
 
 def _get(tree, keys):
+  """tree[k0][k1]...; None where a subtree is None (a tensor placed on the default device)."""
   for k in keys:
+    if tree is None:
+      return None
     tree = tree[k]
   return tree
 

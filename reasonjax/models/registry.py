@@ -15,6 +15,10 @@ from reasonjax.models.hf import load_hf, read_config
 
 # Fields that may be changed on top of a checkpoint: they change numerics, not parameter shapes.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "remat")
+# Heads may be changed too: a reward model starts from a policy checkpoint (lm_head=False,
+# score_head=True); a head the checkpoint lacks is initialised, one it has but the config does
+# not want is dropped.
+HEAD_FIELDS = ("lm_head", "score_head")
 
 
 def config_from(model: Mapping[str, Any]) -> ModelConfig:
@@ -25,10 +29,10 @@ def config_from(model: Mapping[str, Any]) -> ModelConfig:
   fields = dict(model)
   hf_path, name = fields.pop("hf_path", ""), fields.pop("preset", "")
   if hf_path:
-    shape_fields = sorted(set(fields) - set(RUNTIME_FIELDS))
+    shape_fields = sorted(set(fields) - set(RUNTIME_FIELDS) - set(HEAD_FIELDS))
     if shape_fields:
       raise ValueError(f"model.hf_path={hf_path!r} fixes the architecture; model.{shape_fields} "
-                       f"cannot be overridden (only {RUNTIME_FIELDS} can)")
+                       f"cannot be overridden (only {RUNTIME_FIELDS + HEAD_FIELDS} can)")
     return read_config(hf_path).replace(**fields)
   if not name:
     raise ValueError("config.model needs `preset` (a model shape name) or `hf_path`")
@@ -47,9 +51,28 @@ def load(model: Mapping[str, Any], rng: jax.Array, *, mesh: jax.sharding.Mesh | 
     shardings = sharding.logical_to_shardings(param_logical_axes(cfg), param_shapes(cfg), mesh,
                                               rules)
   if model.get("hf_path"):
-    _, params = load_hf(model["hf_path"], param_dtype=cfg.param_dtype, shardings=shardings)
-  elif shardings is not None:
-    params = sharding.init_sharded(functools.partial(init_params, cfg), rng, shardings)
-  else:
-    params = init_params(cfg, rng)
-  return cfg, params
+    return cfg, _load_checkpoint(cfg, model["hf_path"], rng, shardings)
+  if shardings is not None:
+    return cfg, sharding.init_sharded(functools.partial(init_params, cfg), rng, shardings)
+  return cfg, init_params(cfg, rng)
+
+
+def _load_checkpoint(cfg: ModelConfig, path: str, rng: jax.Array, shardings):
+  """Loads `path` into the tree of `cfg`, whose heads may differ from the checkpoint's."""
+  saved = read_config(path).replace(param_dtype=cfg.param_dtype)
+  heads = {"lm_head": cfg.lm_head and not cfg.tie_word_embeddings, "score_head": cfg.score_head}
+  saved_heads = {"lm_head": saved.lm_head and not saved.tie_word_embeddings,
+                 "score_head": saved.score_head}
+  body_shardings = None
+  if shardings is not None:
+    body_shardings = {k: v for k, v in shardings.items() if k not in heads}
+    body_shardings |= {k: shardings.get(k) for k, present in saved_heads.items() if present}
+  _, params = load_hf(path, param_dtype=cfg.param_dtype, shardings=body_shardings)
+  params = {k: v for k, v in params.items() if not (k in heads and not heads[k])}
+  missing = [k for k in heads if heads[k] and k not in params]
+  if missing:
+    # Only the new heads are computed: XLA drops the rest of the initialiser.
+    new = jax.jit(lambda r: {k: init_params(cfg, r)[k] for k in missing},
+                  out_shardings=None if shardings is None else {k: shardings[k] for k in missing})
+    params |= new(rng)
+  return params

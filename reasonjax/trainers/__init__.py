@@ -2,10 +2,13 @@
 
 from collections.abc import Callable
 
-from reasonjax.trainers import model_report
+from reasonjax.trainers import dpo, model_report, reward_model, sft
 
 TRAINERS: dict[str, Callable] = {
     "model_report": model_report.run,
+    "sft": sft.run,
+    "dpo": dpo.run,
+    "reward_model": reward_model.run,
 }
 
 

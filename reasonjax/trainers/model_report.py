@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import NamedSharding
 
 from reasonjax import models, sharding
 
@@ -38,12 +37,9 @@ def run(config, workdir: str) -> dict:
   logging.info("built %s parameters in %.1fs", f"{models.param_count(cfg):,}", init_s)
 
   batch, length = config.batch_size, config.seq_len
-  token_sharding = NamedSharding(mesh, sharding.logical_to_mesh_spec(
-      jax.sharding.PartitionSpec("act_batch", "act_len"), (batch, length), mesh,
-      config.axis_rules))
-  tokens = jax.device_put(
-      np.random.default_rng(config.seed).integers(0, cfg.vocab_size, (batch, length), np.int32),
-      token_sharding)
+  tokens = np.random.default_rng(config.seed).integers(0, cfg.vocab_size, (batch, length),
+                                                       np.int32)
+  tokens = jax.device_put(tokens, sharding.batch_shardings(tokens, mesh, config.axis_rules))
   model = models.Model(cfg)
   # The mean keeps the [B, T, V] logits from being copied to the host.
   forward = jax.jit(lambda p, t: jnp.mean(model.apply({"params": p}, t)))

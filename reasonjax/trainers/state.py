@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import optax
 
-from reasonjax import sharding
+from reasonjax import checkpoint, sharding
 from reasonjax.models import ModelConfig
 from reasonjax.models.decoder import init_boxed_params
 
@@ -49,6 +49,14 @@ def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, ru
   logical = nn.get_partition_spec(boxed)
   shapes = jax.eval_shape(lambda: nn.unbox(boxed))
   return sharding.logical_to_shardings(logical, shapes, mesh, rules)  # Unboxed leaves: P().
+
+
+def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, *, mesh, rules):
+  """(ShapeDtypeStructs of the TrainState with their shardings, the shardings): the restore
+  target of a checkpoint, built without allocating the state."""
+  shardings = state_shardings(cfg, tx, mesh, rules)
+  shapes = jax.eval_shape(lambda rng: nn.unbox(_boxed_state(cfg, tx, rng)), jax.random.key(0))
+  return checkpoint.abstract_like(shapes, shardings), shardings
 
 
 def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, rng: Array, *, mesh,

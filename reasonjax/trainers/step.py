@@ -5,9 +5,10 @@
                                      accum_steps=2)
     state, metrics = train_step(state, batch)      # state donated
 
-A loss function is `loss_fn(params, batch, rng) -> (loss, (weight, metrics))`. Micro-batches of
-gradient accumulation combine as sum_i(weight_i * loss_i) / sum_i(weight_i): with the token count
-as weight, accumulating gives exactly the token mean of the whole batch.
+A loss function is `loss_fn(params, batch, rng, frozen) -> (loss, (weight, metrics))`, where
+`frozen` is a pytree the step does not train (a DPO reference model's parameters; None for SFT).
+Micro-batches of gradient accumulation combine as sum_i(weight_i * loss_i) / sum_i(weight_i):
+with the token count as weight, accumulating gives exactly the token mean of the whole batch.
 """
 
 from __future__ import annotations
@@ -25,14 +26,15 @@ from reasonjax.trainers import optim
 from reasonjax.trainers.state import TrainState
 
 Array = jax.Array
-LossFn = Callable[[Any, dict[str, Array], Array], tuple[Array, tuple[Array, dict[str, Array]]]]
+LossFn = Callable[[Any, dict[str, Array], Array, Any],
+                  tuple[Array, tuple[Array, dict[str, Array]]]]
 
 
-def sft_loss(params, batch: dict[str, Array], rng: Array, *, model, label_smoothing: float = 0.0,
-             z_loss: float = 0.0):
+def sft_loss(params, batch: dict[str, Array], rng: Array, frozen=None, *, model,
+             label_smoothing: float = 0.0, z_loss: float = 0.0):
   """Token-mean cross-entropy on `loss_mask`; batch from `data.batching` (inputs, targets,
   loss_mask, positions, segment_ids: [B, T]). Weight: the number of supervised tokens."""
-  del rng
+  del rng, frozen
   logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
                        segment_ids=batch["segment_ids"])
   mask = batch["loss_mask"]
@@ -45,9 +47,9 @@ def sft_loss(params, batch: dict[str, Array], rng: Array, *, model, label_smooth
                         "tokens": count})
 
 
-def _accumulate(loss_fn: LossFn, params, batch, rng, accum_steps: int):
+def _accumulate(loss_fn: LossFn, params, batch, rng, frozen, accum_steps: int):
   """Weighted mean of loss, gradients and metrics over `accum_steps` micro-batches."""
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  grad_fn = jax.value_and_grad(functools.partial(loss_fn, frozen=frozen), has_aux=True)
   if accum_steps == 1:
     (loss, (weight, metrics)), grads = grad_fn(params, batch, rng)
     return loss, grads, metrics
@@ -69,12 +71,13 @@ def _accumulate(loss_fn: LossFn, params, batch, rng, accum_steps: int):
   return jax.tree.map(lambda x: x * scale, (loss, grads, metrics))
 
 
-def train_step(state: TrainState, batch: dict[str, Array], *, loss_fn: LossFn,
+def train_step(state: TrainState, batch: dict[str, Array], frozen=None, *, loss_fn: LossFn,
                tx: optax.GradientTransformation, accum_steps: int = 1
                ) -> tuple[TrainState, dict[str, Array]]:
   """One optimizer update: (state, batch) -> (state, metrics). Pure; jit it once."""
   rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
-  loss, grads, metrics = _accumulate(loss_fn, state.params, batch, step_rng, accum_steps)
+  loss, grads, metrics = _accumulate(loss_fn, state.params, batch, step_rng, frozen,
+                                       accum_steps)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics) | {
@@ -87,8 +90,12 @@ def train_step(state: TrainState, batch: dict[str, Array], *, loss_fn: LossFn,
 
 
 def jit_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, state_shardings,
-                   batch_shardings, *, accum_steps: int = 1):
-  """`train_step` compiled once with explicit shardings; the input state is donated."""
+                   batch_shardings, frozen_shardings=None, *, accum_steps: int = 1):
+  """`train_step` compiled once with explicit shardings: called as (state, batch), or as
+  (state, batch, frozen) when `frozen_shardings` is given. The input state is donated."""
   step = functools.partial(train_step, loss_fn=loss_fn, tx=tx, accum_steps=accum_steps)
-  return jax.jit(step, in_shardings=(state_shardings, batch_shardings),
-                 out_shardings=(state_shardings, None), donate_argnums=0)
+  shardings = (state_shardings, batch_shardings)
+  if frozen_shardings is not None:
+    shardings += (frozen_shardings,)
+  return jax.jit(step, in_shardings=shardings, out_shardings=(state_shardings, None),
+                 donate_argnums=0)

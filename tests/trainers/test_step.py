@@ -54,10 +54,10 @@ def test_accumulation_gives_the_whole_batch_token_mean():
   params = models.init_params(CFG, jax.random.key(0))
   loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(CFG))
   batch = jax.tree.map(jnp.asarray, make_batch())
-  accumulate = jax.jit(step_lib._accumulate, static_argnums=(0, 4))
-  ref_loss, ref_grads, _ = accumulate(loss_fn, params, batch, jax.random.key(1), 1)
+  accumulate = jax.jit(step_lib._accumulate, static_argnums=(0, 5))
+  ref_loss, ref_grads, _ = accumulate(loss_fn, params, batch, jax.random.key(1), None, 1)
   for k in (2, 4):
-    loss, grads, metrics = accumulate(loss_fn, params, batch, jax.random.key(1), k)
+    loss, grads, metrics = accumulate(loss_fn, params, batch, jax.random.key(1), None, k)
     np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-6)
     np.testing.assert_allclose(float(metrics["loss"]), float(ref_loss), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):

@@ -1,0 +1,218 @@
+"""SFT train-step time, tokens/s and MFU of reasonjax's compiled step vs the same step in PyTorch.
+
+Both sides train the same Qwen2-family shape (q/k/v bias, tied embeddings, float32) on the same
+[B, T] batch with the same update: token-mean cross-entropy, global-norm clipping at 1.0, AdamW
+(b1 0.9, b2 0.95, weight decay 0.1). reasonjax runs the path of the training loop
+(`optim.make_optimizer`, `state.init_state`, `step.jit_train_step` with `step.sft_loss`, the state
+donated); PyTorch runs `transformers.Qwen2ForCausalLM` (sdpa attention) with `torch.optim.AdamW`:
+
+    python benchmarks/train_step.py                   # tiny (16 x 256) and small (8 x 256)
+    python benchmarks/train_step.py --shapes=tiny --runs=5 --batch=8 --seq_len=512
+
+Reports the median of `--runs` timed steps after one warm-up step (reasonjax's warm-up compiles,
+reported separately), the two frameworks' steps taken in turns so that load from other processes
+falls on both alike, tokens/s, the ratio torch_s / reasonjax_s (> 1: reasonjax is faster) and
+MFU: `models.flops_per_token(cfg, T) * B * T` per step over the machine's f32 matmul peak,
+measured in the same run with JAX (`metrics.matmul_peak_flops`) and with torch; the larger of
+the two is the denominator for both frameworks. Prints a table and writes JSON (default
+benchmarks/results/train_step.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+import torch
+import transformers
+from jax.sharding import NamedSharding, PartitionSpec
+
+from configs import common
+from reasonjax import metrics, models, sharding
+from reasonjax.trainers import optim
+from reasonjax.trainers import state as state_lib
+from reasonjax.trainers import step as step_lib
+
+# Model dims are those of benchmarks/sampling.py's SHAPES, kept as the presets of the same name.
+SHAPES = {
+    "tiny": dict(preset="tiny", batch=16, seq_len=256),
+    "small": dict(preset="small", batch=8, seq_len=256),
+}
+OPTIMIZER = {"learning_rate": 1e-4, "warmup_steps": 10, "total_steps": 1000}
+PEAK_SIZE = 2048
+
+
+def median_time(fn, runs: int) -> tuple[float, float]:
+  """(first call seconds, median of `runs` later calls)."""
+  start = time.perf_counter()
+  fn()
+  first = time.perf_counter() - start
+  times = []
+  for _ in range(runs):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return first, statistics.median(times)
+
+
+def torch_matmul_peak_flops(size: int = PEAK_SIZE, repeats: int = 5) -> float:
+  """FLOP/s of a float32 `size`^3 torch matmul, median of `repeats` after one warm-up."""
+  a = torch.ones((size, size), dtype=torch.float32)
+  _, seconds = median_time(lambda: torch.matmul(a, a), repeats)
+  return 2 * size**3 / seconds
+
+
+def make_batch(vocab_size: int, batch: int, length: int) -> dict[str, np.ndarray]:
+  """A packed-style SFT batch: one segment per row, every token supervised. All [B, T]."""
+  tokens = np.random.default_rng(0).integers(0, vocab_size, (batch, length + 1), np.int32)
+  return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+          "loss_mask": np.ones((batch, length), np.float32),
+          "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (batch, length)).copy(),
+          "segment_ids": np.ones((batch, length), np.int32)}
+
+
+def reasonjax_step(cfg: models.ModelConfig, batch_np: dict):
+  """The library's jitted, donated SFT step as a thunk that runs one step and waits for it."""
+  mesh = sharding.make_mesh(data=-1, fsdp=1, tensor=1)
+  rules = common.AXIS_RULES
+  tx = optim.make_optimizer(OPTIMIZER)
+  state, shardings = state_lib.init_state(cfg, tx, jax.random.key(0), mesh=mesh, rules=rules)
+  batch_spec = sharding.logical_to_mesh_spec(PartitionSpec("act_batch", "act_len"),
+                                             batch_np["inputs"].shape, mesh, rules)
+  batch_shardings = {k: NamedSharding(mesh, batch_spec) for k in batch_np}
+  batch = jax.device_put(batch_np, batch_shardings)
+  loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
+  train_step = step_lib.jit_train_step(loss_fn, tx, shardings, batch_shardings)
+  holder = {"state": state}
+
+  def one_step() -> float:
+    with sharding.axis_rules(mesh, rules):
+      new_state, step_metrics = train_step(holder["state"], batch)
+    holder["state"] = new_state  # The input state was donated.
+    jax.block_until_ready((new_state, step_metrics))
+    return step_metrics["loss"]
+
+  return one_step
+
+
+def torch_step(cfg: models.ModelConfig, batch_np: dict):
+  """The same SFT step in PyTorch (transformers Qwen2, sdpa, AdamW) as a thunk."""
+  torch.manual_seed(0)
+  hf_cfg = transformers.Qwen2Config(
+      vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
+      intermediate_size=cfg.intermediate_size, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
+      head_dim=cfg.head_dim, rms_norm_eps=cfg.rms_norm_eps,
+      max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=True,
+      attn_implementation="sdpa")
+  model = transformers.Qwen2ForCausalLM(hf_cfg).float().train()
+  assert sum(p.numel() for p in model.parameters()) == models.param_count(cfg)
+  opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+  inputs = torch.from_numpy(batch_np["inputs"]).long()
+  targets = torch.from_numpy(batch_np["targets"]).long()
+
+  def one_step() -> float:
+    logits = model(input_ids=inputs).logits
+    # Token mean over the same shifted targets as reasonjax's batch.
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                             targets.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+  return one_step
+
+
+def interleaved_times(steps: dict, runs: int) -> tuple[dict, dict]:
+  """(first call seconds, median of `runs` later calls) of each thunk, the timed calls taken in
+  turns so that load from other processes falls on every framework alike."""
+  first, times = {}, {k: [] for k in steps}
+  for name, fn in steps.items():
+    start = time.perf_counter()
+    assert np.isfinite(float(fn())), name
+    first[name] = time.perf_counter() - start
+  for _ in range(runs):
+    for name, fn in steps.items():
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return first, {k: statistics.median(v) for k, v in times.items()}
+
+
+def run_shape(name: str, spec: dict, runs: int, peak: float) -> dict:
+  cfg = models.preset(spec["preset"])
+  batch, length = spec["batch"], spec["seq_len"]
+  batch_np = make_batch(cfg.vocab_size, batch, length)
+  step_flops = models.flops_per_token(cfg, length) * batch * length
+  first, median = interleaved_times({"reasonjax": reasonjax_step(cfg, batch_np),
+                                     "torch": torch_step(cfg, batch_np)}, runs)
+  ours_s, theirs_s = median["reasonjax"], median["torch"]
+  tokens = batch * length
+  row = {
+      "shape": name, "params": models.param_count(cfg), "batch": batch, "seq_len": length,
+      "gflop_per_step": round(step_flops / 1e9, 1),
+      "reasonjax_step_s": round(ours_s, 4), "torch_step_s": round(theirs_s, 4),
+      "speedup": round(theirs_s / ours_s, 2),
+      "reasonjax_tok_s": round(tokens / ours_s, 1), "torch_tok_s": round(tokens / theirs_s, 1),
+      "reasonjax_gflop_s": round(step_flops / ours_s / 1e9, 1),
+      "torch_gflop_s": round(step_flops / theirs_s / 1e9, 1),
+      "reasonjax_mfu": round(step_flops / ours_s / peak, 3),
+      "torch_mfu": round(step_flops / theirs_s / peak, 3),
+      "reasonjax_compile_s": round(first["reasonjax"] - ours_s, 2),
+  }
+  print(f"  {name}: {row}", flush=True)
+  return row
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shapes", default="tiny,small")
+  parser.add_argument("--runs", type=int, default=3)
+  parser.add_argument("--batch", type=int, default=None, help="override every shape's batch")
+  parser.add_argument("--seq_len", type=int, default=None, help="override every shape's T")
+  parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
+                                                    "train_step.json"))
+  args = parser.parse_args()
+  torch.set_num_threads(os.cpu_count())
+  jax_peak = metrics.matmul_peak_flops("float32", size=PEAK_SIZE)
+  torch_peak = torch_matmul_peak_flops(PEAK_SIZE)
+  peak = max(jax_peak, torch_peak)
+  print(f"f32 {PEAK_SIZE}^3 matmul peak: jax {jax_peak / 1e9:.1f} GFLOP/s, torch "
+        f"{torch_peak / 1e9:.1f} GFLOP/s (MFU uses {peak / 1e9:.1f}); torch threads: "
+        f"{torch.get_num_threads()}", flush=True)
+  rows = []
+  for name in args.shapes.split(","):
+    if name not in SHAPES:
+      raise ValueError(f"unknown shape {name!r}; valid: {sorted(SHAPES)}")
+    spec = SHAPES[name] | {k: v for k in ("batch", "seq_len")
+                           if (v := getattr(args, k)) is not None}
+    rows.append(run_shape(name, spec, args.runs, peak))
+  header = ("shape", "batch", "seq_len", "reasonjax_step_s", "torch_step_s", "speedup",
+            "reasonjax_tok_s", "torch_tok_s", "reasonjax_mfu", "torch_mfu", "reasonjax_compile_s")
+  print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
+  for r in rows:
+    print("| " + " | ".join(str(r[h]) for h in header) + " |")
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump({"rows": rows, "runs": args.runs,
+               "peak_flops": {"jax_f32_matmul": round(jax_peak), "torch_f32_matmul":
+                              round(torch_peak), "used": round(peak), "matmul_size": PEAK_SIZE},
+               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                           "processor": platform.processor(), "jax": jax.__version__,
+                           "jax_backend": jax.default_backend(), "torch": torch.__version__,
+                           "torch_threads": torch.get_num_threads(),
+                           "transformers": transformers.__version__}}, f, indent=2)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

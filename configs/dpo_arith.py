@@ -1,0 +1,50 @@
+"""DPO on pairs of the SFT policy's own correct and incorrect solutions to arithmetic chains.
+
+    python -m reasonjax.main --config=configs/dpo_arith.py --workdir=runs/dpo_arith \
+        --config.init_from=runs/sft_arith/hf
+    python -m reasonjax.main --config=configs/dpo_arith.py:runlocal --workdir=/tmp/dpo
+
+Without `init_from`, the SFT run of configs/sft_arith.py (with the same arg) is trained first
+into workdir/sft. `--config.loss` picks any loss of `loss_kwargs` (the DPO family).
+
+Args: `runlocal` (a small model, few pairs and steps: a CPU minute, for tests).
+"""
+
+import ml_collections
+
+from configs import common, sft_arith
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.trainer = "dpo"
+  config.name = "dpo"
+  common.post_training(config, sft_arith.get_config("runlocal" if arg.runlocal else None))
+  config.task.num_train = 2000  # Problems to sample pairs on.
+  config.pairs = common.rollouts(num_samples=8)
+  config.pairs.max_per_problem = 2
+  config.loss = "dpo"
+  config.loss_kwargs = ml_collections.ConfigDict({
+      "dpo": {"beta": 0.1, "label_smoothing": 0.0},
+      "robust_dpo": {"beta": 0.1, "label_smoothing": 0.1},
+      "ipo": {"beta": 0.1},
+      "hinge": {"beta": 0.1},
+      "reference_free": {"beta": 0.1},
+      "simpo": {"beta": 2.0, "gamma": 1.0},
+      "orpo": {"lam": 0.1},
+  })
+  common.loop(config, steps=300, batch_size=16, seq_len=128, learning_rate=5e-5,
+              warmup_steps=20, eval_every=100, checkpoint_every=100)
+  config.optimizer.weight_decay = 0.0
+  config.eval = common.evaluation()
+  if arg.runlocal:
+    config.task.num_train = 96
+    config.pairs = common.rollouts(num_samples=4, max_new_tokens=48)
+    config.pairs.max_per_problem = 1
+    common.loop(config, steps=20, batch_size=8, seq_len=96, learning_rate=1e-4,
+                warmup_steps=2, log_every=2, checkpoint_every=10)
+    config.optimizer.weight_decay = 0.0
+    config.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=0)
+    config.eval_at_start = True
+  return config

@@ -1,0 +1,41 @@
+"""SFT of a small decoder from scratch on arithmetic chains.
+
+    python -m reasonjax.main --config=configs/sft_arith.py --workdir=runs/sft_arith
+    python -m reasonjax.main --config=configs/sft_arith.py:runlocal --workdir=/tmp/sft
+
+Args: `runlocal` (a smaller model and a few steps: a CPU minute, for tests).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.trainer = "sft"
+  config.name = "sft"
+  config.seed = 0
+  config.tokenizer = "synthetic"
+  config.task = ml_collections.ConfigDict({
+      "name": "arithmetic", "num_train": 50_000,
+      "knobs": {"min_steps": 2, "max_steps": 4, "max_operand": 20, "max_value": 999}})
+  config.model = ml_collections.ConfigDict({
+      "preset": "tiny", "hf_path": "", "vocab_size": 512, "dtype": "float32",
+      "param_dtype": "float32", "remat": "none"})
+  common.loop(config, steps=2000, batch_size=32, seq_len=256, learning_rate=1e-3,
+              warmup_steps=100, eval_every=500)
+  config.pack = True
+  config.label_smoothing = 0.0
+  config.z_loss = 0.0
+  config.eval = common.evaluation()
+  if arg.runlocal:
+    config.model.update({"num_layers": 2, "hidden_size": 128, "intermediate_size": 256,
+                         "num_heads": 4, "num_kv_heads": 2, "head_dim": 32})
+    config.task.num_train = 2000
+    config.task.knobs = {"min_steps": 1, "max_steps": 2, "max_operand": 9, "max_value": 99}
+    common.loop(config, steps=60, batch_size=16, seq_len=128, learning_rate=3e-3,
+                warmup_steps=10, log_every=5, eval_every=30, checkpoint_every=30)
+    config.eval = common.evaluation(num_problems=32, num_samples=4, k=4)
+  return config

@@ -1,0 +1,76 @@
+"""Strings in, strings out: the sampler over many prompts in fixed-shape chunks.
+
+    texts = sampling.generate_texts(model, params, tokenizer, prompts, rng,
+                                    SamplingConfig(max_new_tokens=64, num_samples=4,
+                                                   temperature=1.0, eos_token_id=tok.eos_id))
+    texts[i][j]        # sample j of prompt i, decoded without the EOS
+
+Every chunk has the same shape ([batch_size, P] with P the longest prompt's bucket), so the
+whole list compiles once; the last chunk is padded with copies of its first prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+import tqdm
+
+from reasonjax.sampling.sampler import EOS, SamplingConfig, sample
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+  """(tokens int32 [N, P] right-padded with tokenizer.pad_id, lengths int32 [N]); BOS first."""
+  ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
+  lengths = np.asarray([len(x) for x in ids], np.int32)
+  tokens = np.full((len(ids), max(lengths)), tokenizer.pad_id, np.int32)
+  for row, x in zip(tokens, ids):
+    row[:len(x)] = x
+  return tokens, lengths
+
+
+def generate_texts(model, params, tokenizer, prompts: Sequence[str], rng: jax.Array,
+                   config: SamplingConfig, *, batch_size: int = 64,
+                   progress: str | None = None) -> list[list[str]]:
+  """`config.num_samples` completions of each prompt, decoded.
+
+  Args:
+    model, params: a `models.Model` and its parameters (under `sharding.axis_rules` when
+      sharded).
+    tokenizer: a `data.tokenizers.Tokenizer`.
+    prompts: N strings.
+    rng: PRNG key; chunk i uses fold_in(rng, i), so results do not depend on what else runs.
+    config: the `SamplingConfig`; its EOS ends a row and is dropped from the text.
+    batch_size: prompts per sampler call.
+    progress: a tqdm description; None shows no bar.
+
+  Returns:
+    N lists of num_samples strings.
+  """
+  if not prompts:
+    return []
+  tokens, lengths = encode_prompts(tokenizer, prompts)
+  n = config.num_samples
+  out: list[list[str]] = []
+  starts = range(0, len(prompts), batch_size)
+  for i, start in enumerate(tqdm.tqdm(starts, desc=progress, disable=progress is None,
+                                      leave=False)):
+    chunk = slice(start, start + batch_size)
+    rows = np.arange(start, start + batch_size)
+    rows = np.where(rows < len(prompts), rows, start)  # Fixed shape: pad with the first prompt.
+    result = sample(model, params, tokens[rows], lengths[rows], jax.random.fold_in(rng, i),
+                    config)
+    generated, counts, reasons = jax.device_get(
+        (result.tokens, result.lengths, result.finish_reason))
+    real = len(prompts[chunk])
+    for b in range(real):
+      texts = []
+      for j in range(n):
+        row = b * n + j
+        ids = generated[row, :counts[row]].tolist()
+        if reasons[row] == EOS:  # The EOS token is not part of the text.
+          ids = ids[:-1]
+        texts.append(tokenizer.decode(ids))
+      out.append(texts)
+  return out

@@ -1,0 +1,143 @@
+"""Preference optimisation (the DPO family) on pairs of the policy's own samples.
+
+    python -m reasonjax.main --config=configs/dpo_arith.py --workdir=runs/dpo
+
+The policy (an SFT run's export, `config.init_from`, or trained first by the nested `config.sft`)
+samples `pairs.num_samples` solutions per training problem; a correct and an incorrect solution
+of the same problem make a pair (chosen, rejected). The pairs are written to
+`workdir/pairs.jsonl` once, so a resumed run trains on the same data. The frozen reference is
+the starting policy. Any loss in `losses.preference.LOSSES` whose inputs are sequence
+log-probs, lengths and the chosen NLL can be named in `config.loss`.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from reasonjax import models
+from reasonjax.data import batching
+from reasonjax.losses import preference, tokens
+from reasonjax.trainers import experiment, loop
+
+# The arguments a preference loss may take, all [B], computed in `preference_loss`.
+INPUTS = ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l", "len_w", "len_l", "nll_w")
+
+
+def loss_inputs(name: str) -> tuple[str, ...]:
+  """The positional inputs of the preference loss `name`; raises if one cannot be provided."""
+  params = [p.name for p in inspect.signature(preference.get_loss(name)).parameters.values()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+  missing = [p for p in params if p not in INPUTS]
+  if missing:
+    raise ValueError(f"config.loss={name!r} needs {missing}, which preference pairs of whole "
+                     f"solutions do not provide; usable inputs: {INPUTS}")
+  return tuple(params)
+
+
+def _sequence_logprobs(model, params, batch, prefix: str):
+  logits = model.apply({"params": params}, batch[prefix + "inputs"],
+                       positions=batch[prefix + "positions"],
+                       segment_ids=batch[prefix + "segment_ids"])
+  return tokens.sequence_logprobs(logits, batch[prefix + "targets"], batch[prefix + "loss_mask"])
+
+
+def preference_loss(params, batch, rng, frozen, *, model, loss: str, loss_kwargs: dict,
+                    beta_for_metrics: float):
+  """Mean over pairs of `preference.LOSSES[loss]`; batch from `batching.preference_example`
+  ([B, T] chosen_* and rejected_* fields). `frozen` holds the reference parameters (None for
+  reference-free losses). Weight: the number of pairs."""
+  del rng
+  names = loss_inputs(loss)
+  # One forward over chosen and rejected rows together: [2B, T].
+  both = {k: jnp.concatenate([batch["chosen_" + k], batch["rejected_" + k]])
+          for k in ("inputs", "targets", "loss_mask", "positions", "segment_ids")}
+  logp_w, logp_l = jnp.split(_sequence_logprobs(model, params, both, ""), 2)
+  len_w = jnp.sum(batch["chosen_loss_mask"], -1)
+  values = {"logp_w": logp_w, "logp_l": logp_l, "len_w": len_w,
+            "len_l": jnp.sum(batch["rejected_loss_mask"], -1),
+            "nll_w": -logp_w / jnp.maximum(len_w, 1.0)}
+  if frozen is not None:
+    ref = jax.lax.stop_gradient(_sequence_logprobs(model, frozen, both, ""))
+    values["ref_logp_w"], values["ref_logp_l"] = jnp.split(ref, 2)
+  per_pair = preference.get_loss(loss)(*(values[n] for n in names), **loss_kwargs)
+  value = jnp.mean(per_pair)
+  metrics = {"loss": value, "logp_chosen": jnp.mean(logp_w), "logp_rejected": jnp.mean(logp_l)}
+  if frozen is not None:
+    margins = preference.reward_margins(logp_w, logp_l, values["ref_logp_w"],
+                                        values["ref_logp_l"], beta=beta_for_metrics)
+    metrics |= {k: jnp.mean(v) for k, v in margins.items()}
+  return value, (jnp.asarray(per_pair.shape[0], jnp.float32), metrics)
+
+
+def make_pairs(samples: list[list[str]], correct: list[list[bool]], max_pairs: int
+               ) -> list[list[tuple[str, str]]]:
+  """Per problem, up to `max_pairs` (chosen, rejected) pairs of distinct correct and incorrect
+  samples, matched in sample order."""
+  out = []
+  for texts, ok in zip(samples, correct):
+    good = list(dict.fromkeys(t for t, c in zip(texts, ok) if c))
+    bad = list(dict.fromkeys(t for t, c in zip(texts, ok) if not c))
+    out.append(list(zip(good, bad))[:max_pairs])
+  return out
+
+
+def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, str]]:
+  """The training pairs, sampled once and kept in workdir/pairs.jsonl."""
+  path = os.path.join(workdir, "pairs.jsonl")
+  if os.path.exists(path):
+    with open(path) as f:
+      return [json.loads(line) for line in f]
+  problems = task.generate(config.task.num_train, seed=config.seed, split="train")
+  samples = experiment.rollouts(config.pairs, model, params, task, tokenizer, problems,
+                                jax.random.key(config.seed + 2), progress="sampling pairs")
+  correct = [[task.check_answer(p, t) for t in texts] for p, texts in zip(problems, samples)]
+  pairs = [{"prompt": task.prompt(p), "chosen": c, "rejected": r}
+           for p, found in zip(problems, make_pairs(samples, correct, config.pairs.max_per_problem))
+           for c, r in found]
+  rate = float(np.mean([c for ok in correct for c in ok]))
+  logging.info("%d pairs from %d problems (sample accuracy %.3f)", len(pairs), len(problems), rate)
+  if not pairs:
+    raise ValueError(f"no preference pairs: the policy's {config.pairs.num_samples} samples per "
+                     f"problem were all correct or all wrong (sample accuracy {rate:.3f}); "
+                     "raise pairs.num_samples or pairs.temperature, or start from another policy")
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(pair) + "\n" for pair in pairs)
+  os.replace(tmp, path)
+  return pairs
+
+
+def run(config, workdir: str) -> dict:
+  """Samples pairs from the policy, trains, evaluates; returns the final evaluation metrics."""
+  task, tokenizer = experiment.task_and_tokenizer(config)
+  path = experiment.policy_path(config, workdir)
+  cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
+  model = models.Model(cfg)
+  pairs = _pairs(config, workdir, model, params, task, tokenizer)
+  examples = [batching.preference_example(tokenizer, p["prompt"], p["chosen"], p["rejected"])
+              for p in pairs]
+  batches = batching.batches(
+      examples, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
+      seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
+  uses_reference = "ref_logp_w" in loss_inputs(config.loss)
+  if config.loss not in config.loss_kwargs:
+    raise ValueError(f"config.loss={config.loss!r} has no config.loss_kwargs entry; "
+                     f"configured losses: {sorted(config.loss_kwargs)}")
+  loss_kwargs = config.loss_kwargs[config.loss].to_dict()
+  loss_fn = functools.partial(preference_loss, model=model, loss=config.loss,
+                              loss_kwargs=loss_kwargs,
+                              beta_for_metrics=loss_kwargs.get("beta", 1.0))
+  state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
+                            params=params, frozen=params if uses_reference else None,
+                            evaluate=experiment.evaluator(config, cfg, task, tokenizer))
+  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), "pairs": len(pairs),
+                                                 **final})
+  return final

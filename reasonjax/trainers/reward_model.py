@@ -1,0 +1,190 @@
+"""Outcome, process and hierarchical reward models (ORM, PRM, HRM) on the policy's own samples.
+
+    python -m reasonjax.main --config=configs/prm_arith.py --workdir=runs/prm
+
+The reward model is the policy (an SFT export, `config.init_from`, or trained first by the nested
+`config.sft`) with its LM head replaced by a freshly initialised score head. The policy samples
+`rollouts.num_samples` solutions per problem; the task labels them:
+
+  orm: one label per solution, its final answer's correctness, at the solution's last token.
+  prm: one label per step, the task's `check_steps` ground truth, at each step's last token; all
+       steps of a solution are scored in one forward pass.
+  hrm: the PRM labels over single steps and over merged pairs of consecutive steps.
+
+Labelled samples are kept in `workdir/samples.jsonl` (train and test), so a resumed run sees the
+same data. Evaluation on the test problems' samples reports the classification accuracy and
+AUC of the scores, and best-of-n: the accuracy of the highest-scored of each problem's samples
+(a solution's score: the last for orm, the minimum over steps for prm/hrm) against the mean
+sample accuracy.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from reasonjax import models
+from reasonjax.data import batching
+from reasonjax.losses import reward, tokens
+from reasonjax.trainers import experiment, loop
+
+KINDS = ("orm", "prm", "hrm")
+
+
+def reward_loss(params, batch, rng, frozen=None, *, model, loss: str, kind: str):
+  """Mean over marked positions of `reward.LOSSES[loss]`; batch from `batching.prm_example`
+  (inputs, step_mask, step_labels, positions, segment_ids: [B, T]). Weight: marked positions."""
+  del rng, frozen
+  scores = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
+                       segment_ids=batch["segment_ids"], method=models.Model.score)
+  mask, labels = batch["step_mask"], batch["step_labels"]
+  per_position = reward.LOSSES[loss](scores, mask, labels, kind=kind)
+  value = tokens.reduce(per_position, mask, "token_mean")
+  count = jnp.sum(mask)
+  hits = jnp.sum(((scores > 0) == (labels > 0.5)) * mask)
+  return value, (count, {"loss": value, "accuracy": hits / jnp.maximum(count, 1.0),
+                         "positive_fraction": jnp.sum(labels * mask) / jnp.maximum(count, 1.0),
+                         "labels": count})
+
+
+def units(task, problem, text: str, kind: str) -> list[tuple[list[str], list[float]]]:
+  """The labelled renderings of one solution: [(steps, labels)], each one example.
+
+  orm: the whole text as one unit; prm: its steps; hrm: its steps, then the steps merged in
+  pairs from step 0, then from step 1 (a merged pair takes its later step's label).
+  """
+  if kind == "orm":
+    return [([text.strip()], [float(task.check_answer(problem, text))])]
+  steps = task.parse_steps(text)
+  if not steps:
+    return []
+  labels = [float(c) for c in task.check_steps(problem, steps).correct]
+  out = [(steps, labels)]
+  if kind == "hrm":
+    for first in (0, 1):
+      merged, merged_labels = steps[:first], labels[:first]
+      for i in range(first, len(steps), 2):
+        merged.append(" ".join(steps[i:i + 2]))
+        merged_labels.append(labels[min(i + 1, len(steps) - 1)])
+      if len(merged) < len(steps):
+        out.append((merged, merged_labels))
+  return out
+
+
+def solution_score(scores: np.ndarray, kind: str) -> float:
+  """A solution's score from its unit scores [n]: the last (orm) or the weakest step."""
+  return float(scores[-1] if kind == "orm" else scores.min())
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Area under the ROC curve: P(score of a positive > score of a negative), ties count 1/2."""
+  pos, neg = scores[labels > 0.5], scores[labels <= 0.5]
+  if not len(pos) or not len(neg):
+    return float("nan")
+  greater = (pos[:, None] > neg[None]).mean()
+  ties = (pos[:, None] == neg[None]).mean()
+  return float(greater + 0.5 * ties)
+
+
+def _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split: str):
+  """Labelled policy samples of `split`: [{"problem": i, "text", "correct"}], kept on disk."""
+  path = os.path.join(workdir, f"samples_{split}.jsonl")
+  num = config.task.num_train if split == "train" else config.eval.num_problems
+  problems = task.generate(num, seed=config.seed, split=split)
+  if os.path.exists(path):
+    with open(path) as f:
+      return problems, [json.loads(line) for line in f]
+  texts = experiment.rollouts(config.rollouts, models.Model(policy_cfg), policy_params, task,
+                              tokenizer, problems,
+                              jax.random.key(config.seed + (3 if split == "train" else 4)),
+                              progress=f"sampling {split} solutions")
+  rows = [{"problem": i, "text": t, "correct": task.check_answer(problems[i], t)}
+          for i, group in enumerate(texts) for t in group]
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.writelines(json.dumps(row) + "\n" for row in rows)
+  os.replace(tmp, path)
+  return problems, rows
+
+
+def _score_fn(model, seq_len: int, batch_size: int):
+  """Host examples -> per-example score arrays at their marked positions (jitted, one shape)."""
+  score = jax.jit(lambda p, x: model.apply({"params": p}, x, method=models.Model.score))
+
+  def run(params, examples):
+    out = []
+    for start in range(0, len(examples), batch_size):
+      chunk = examples[start:start + batch_size]
+      inputs = np.zeros((batch_size, seq_len), np.int32)
+      for row, e in zip(inputs, chunk):
+        row[:min(len(e["inputs"]), seq_len)] = e["inputs"][:seq_len]
+      scores = np.asarray(score(params, inputs))
+      for row, e in zip(scores, chunk):
+        mask = e["step_mask"][:seq_len]
+        out.append(row[:len(mask)][mask > 0])
+    return out
+
+  return run
+
+
+def run(config, workdir: str) -> dict:
+  """Labels policy samples, trains the reward model, evaluates; returns the final metrics."""
+  if config.loss not in KINDS:
+    raise ValueError(f"config.loss={config.loss!r}; expected one of {KINDS}")
+  task, tokenizer = experiment.task_and_tokenizer(config)
+  path = experiment.policy_path(config, workdir)
+  policy_cfg, policy_params = models.load(experiment.model_section(config, path),
+                                          jax.random.key(config.seed))
+  data = {split: _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split)
+          for split in ("train", "test")}
+  del policy_params
+  cfg, params = models.load(experiment.model_section(config, path) |
+                            {"lm_head": False, "score_head": True}, jax.random.key(config.seed))
+
+  def examples(split):
+    problems, rows = data[split]
+    return [(row, batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), s, y))
+            for row in rows for s, y in units(task, problems[row["problem"]], row["text"],
+                                              config.loss)]
+
+  train = [e for _, e in examples("train")]
+  if not train:
+    raise ValueError("no labelled training samples: the policy's solutions had no steps")
+  logging.info("%s: %d training examples", config.loss, len(train))
+  batches = batching.batches(
+      train, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
+      pack=config.pack, seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  # Evaluation: the first rendering of each test sample (steps, or the whole text for orm).
+  problems, rows = data["test"]
+  test = [(row, batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), *u[0]))
+          for row in rows if (u := units(task, problems[row["problem"]], row["text"], config.loss))]
+  score = _score_fn(models.Model(cfg), config.seq_len, config.eval.batch_size)
+
+  def evaluate(params, rng):
+    del rng
+    scores = score(params, [e for _, e in test])
+    flat = np.concatenate(scores)
+    labels = np.concatenate([e["step_labels"][:config.seq_len][e["step_mask"][:config.seq_len] > 0]
+                             for _, e in test])
+    best: dict[int, tuple[float, bool]] = {}
+    for (row, _), s in zip(test, scores):
+      value = solution_score(s, config.loss)
+      if row["problem"] not in best or value > best[row["problem"]][0]:
+        best[row["problem"]] = (value, row["correct"])
+    return {"accuracy": float(np.mean((flat > 0) == (labels > 0.5))), "auc": auc(flat, labels),
+            "best_of_n_accuracy": float(np.mean([c for _, c in best.values()])),
+            "sample_accuracy": float(np.mean([row["correct"] for row, _ in test]))}
+
+  loss_fn = functools.partial(reward_loss, model=models.Model(cfg), loss=config.loss,
+                              kind=config.label_kind)
+  state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
+                            params=params, evaluate=evaluate)
+  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final})
+  return final
