@@ -153,6 +153,7 @@ def run_shape(name: str, spec: dict, runs: int, peak: float) -> dict:
   batch, length = spec["batch"], spec["seq_len"]
   batch_np = make_batch(cfg.vocab_size, batch, length)
   step_flops = models.flops_per_token(cfg, length) * batch * length
+  load_before = os.getloadavg()[0]
   first, median = interleaved_times({"reasonjax": reasonjax_step(cfg, batch_np),
                                      "torch": torch_step(cfg, batch_np)}, runs)
   ours_s, theirs_s = median["reasonjax"], median["torch"]
@@ -168,6 +169,9 @@ def run_shape(name: str, spec: dict, runs: int, peak: float) -> dict:
       "reasonjax_mfu": round(step_flops / ours_s / peak, 3),
       "torch_mfu": round(step_flops / theirs_s / peak, 3),
       "reasonjax_compile_s": round(first["reasonjax"] - ours_s, 2),
+      # Other processes' load slows both steps (torch's spinning OpenMP threads the more): kept
+      # so that runs can be compared.
+      "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
   }
   print(f"  {name}: {row}", flush=True)
   return row

@@ -43,32 +43,39 @@ DEVICE_PEAKS = {
 }
 
 
-def matmul_peak_flops(dtype: str = "float32", *, size: int = 1024, repeats: int = 5) -> float:
-  """Measured FLOP/s of one device on a `size`^3 matmul (f32 accumulation), median of `repeats`.
+def matmul_peak_flops(dtype: str = "float32", *, size: int = 1024, repeats: int = 5,
+                      devices=None) -> float:
+  """Measured FLOP/s of `devices` (default: all local ones) together, each multiplying two
+  `size`^2 matrices at once (f32 accumulation); median of `repeats`.
 
-  The denominator of MFU where no data-sheet peak is known (CPUs). Takes about a second.
+  The denominator of MFU where no data-sheet peak is known (CPUs). Measuring all devices at once
+  matters there: fake CPU devices (--xla_force_host_platform_device_count) share the cores, and
+  one of them alone reaches only part of the machine's peak. Takes about a second.
   """
-  a = jnp.ones((size, size), dtype)
-  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+  devices = list(devices if devices is not None else jax.local_devices())
+  mesh = jax.sharding.Mesh(np.asarray(devices), ("d",))
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+  a = jax.device_put(jnp.ones((len(devices), size, size), dtype), sharded)
+  matmul = jax.jit(lambda x, y: jnp.einsum("bij,bjk->bik", x, y,
+                                           preferred_element_type=jnp.float32),
+                   out_shardings=sharded)
   matmul(a, a).block_until_ready()
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     matmul(a, a).block_until_ready()
     times.append(time.perf_counter() - start)
-  return 2 * size**3 / float(np.median(times))
+  return 2 * len(devices) * size**3 / float(np.median(times))
 
 
 @functools.cache
 def peak_flops(dtype: str = "float32") -> float:
-  """Peak FLOP/s of all local devices: the data-sheet value per chip, else measured (cached)."""
+  """Peak FLOP/s of all local devices: the data-sheet value per chip times their number, else
+  measured on all of them at once (cached)."""
   devices = jax.local_devices()
-  kind = devices[0].device_kind
-  per_device = DEVICE_PEAKS.get(kind)
+  per_device = DEVICE_PEAKS.get(devices[0].device_kind)
   if per_device is None:
-    per_device = matmul_peak_flops(dtype)
-    if devices[0].platform == "cpu":
-      return per_device  # Fake CPU devices (--xla_force_host_platform_device_count) share cores.
+    return matmul_peak_flops(dtype)
   return per_device * len(devices)
 
 

@@ -248,8 +248,8 @@ def test_matmul_peak_flops_is_2n3_over_the_median_time(monkeypatch):
   # Timed intervals 0.1, 0.4, 0.2 s: the median is 0.2 s.
   clock = iter([0.0, 0.1, 1.0, 1.4, 2.0, 2.2])
   monkeypatch.setattr(metrics, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-  flops = metrics.matmul_peak_flops("float32", size=64, repeats=3)
-  assert flops == pytest.approx(2 * 64**3 / 0.2, rel=1e-12)
+  flops = metrics.matmul_peak_flops("float32", size=64, repeats=3, devices=jax.devices()[:2])
+  assert flops == pytest.approx(2 * 2 * 64**3 / 0.2, rel=1e-12)
 
 
 def test_peak_flops_on_cpu_is_one_cached_measurement(monkeypatch, fresh_peak_cache):
@@ -262,7 +262,8 @@ def test_peak_flops_on_cpu_is_one_cached_measurement(monkeypatch, fresh_peak_cac
 
   monkeypatch.setattr(metrics, "matmul_peak_flops", measure)
   peak = metrics.peak_flops("float32")
-  # One device's measurement, not times the fake devices, which share the same cores.
+  # One measurement of all devices together, not one device's times their number: the fake
+  # devices share the same cores.
   assert measured == [peak]
   assert metrics.peak_flops("float32") == peak and len(measured) == 1  # cached
   reference = real("float32", size=256, repeats=3)

@@ -38,7 +38,10 @@ def model_config(model_section, tokenizer: tokenizers.Tokenizer) -> ModelConfig:
 
 
 def evaluator(config, cfg: ModelConfig, task: tasks.Task, tokenizer: tokenizers.Tokenizer):
-  """`evaluate(params, rng) -> metrics` on `config.eval.num_problems` test problems."""
+  """`evaluate(params, rng) -> metrics` on `config.eval.num_problems` test problems; None when
+  that is 0."""
+  if not config.eval.num_problems:
+    return None
   problems = task.generate(config.eval.num_problems, seed=config.seed, split="test")
   model = models.Model(cfg)
 
