@@ -55,3 +55,20 @@ def right_padded_batch(vocab_size: int, lengths=(11, 7, 4), seed: int = 0):
   tokens = rng.integers(0, vocab_size, (len(lengths), length)).astype(np.int32)
   mask = (np.arange(length)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
   return tokens * mask, mask
+
+
+def random_params(cfg, seed: int, scale: float = 0.2):
+  """Random parameters drawn on the host (the jitted initialiser takes seconds to compile):
+  N(0, scale) weights, 1 + N(0, scale) norm scales. scale 0.2 gives logits of order 1-10, so
+  greedy outputs vary from token to token."""
+  import jax
+  import jax.numpy as jnp
+
+  from reasonjax import models
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, shape):
+    noise = rng.normal(0.0, scale, shape.shape)
+    return jnp.asarray(noise + (path[-1].key == "scale"), shape.dtype)
+
+  return jax.tree_util.tree_map_with_path(leaf, models.param_shapes(cfg))

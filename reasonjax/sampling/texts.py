@@ -22,6 +22,8 @@ from reasonjax.sampling.sampler import EOS, SamplingConfig, sample
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
   """(tokens int32 [N, P] right-padded with tokenizer.pad_id, lengths int32 [N]); BOS first."""
+  if not prompts:
+    raise ValueError("encode_prompts: no prompts")
   ids = [tokenizer.encode(p, add_bos=True) for p in prompts]
   lengths = np.asarray([len(x) for x in ids], np.int32)
   tokens = np.full((len(ids), max(lengths)), tokenizer.pad_id, np.int32)

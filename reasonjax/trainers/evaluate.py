@@ -44,6 +44,8 @@ def task_accuracy(model, params, tokenizer, task: Task, problems: Sequence[Probl
   Returns metrics: accuracy (greedy), pass@k, sample_accuracy (mean over samples),
   greedy_length (mean characters) and truncated (fraction of greedy completions without an answer line).
   """
+  if num_samples and not 1 <= k <= num_samples:
+    raise ValueError(f"pass@k needs 1 <= k <= num_samples, got k={k}, num_samples={num_samples}")
   prompts = [task.prompt(p) for p in problems]
   base = SamplingConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
                         pad_token_id=tokenizer.pad_id)

@@ -59,6 +59,8 @@ def units(task, problem, text: str, kind: str) -> list[tuple[list[str], list[flo
   orm: the whole text as one unit; prm: its steps; hrm: its steps, then the steps merged in
   pairs from step 0, then from step 1 (a merged pair takes its later step's label).
   """
+  if kind not in KINDS:
+    raise ValueError(f"unknown reward model kind {kind!r}; valid: {KINDS}")
   if kind == "orm":
     return [([text.strip()], [float(task.check_answer(problem, text))])]
   steps = task.parse_steps(text)

@@ -3,13 +3,13 @@ a time, EOS dropped and stop tokens kept, several samples per prompt, and prompt
 the tokenizer."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from reasonjax import models, sampling
 from reasonjax.data import tokenizers
 from reasonjax.sampling import sampler
+from tests.conftest import random_params
 
 Config = sampling.SamplingConfig
 
@@ -17,25 +17,12 @@ Config = sampling.SamplingConfig
 PROMPTS = ["Start with 7. Add 5.", "3 + 4 = 7", "x",
            "Multiply by 3. Subtract 4. What is the result?\n", "12 * 3 = 36\n36 - 4 = 32",
            "hello", "Divide by 2."]
-# Ordinary tokens as EOS and stop ids (1 in 16 and 1 in 64 of the vocabulary), so that rows end in all
-# three ways and a kept EOS would show in the decoded text. The tokenizer's own EOS too.
+# Ordinary tokens as EOS and stop ids (1 in 16 and 1 in 64 of the vocabulary), so that rows end
+# in all three ways and a kept EOS would show in the decoded text. The tokenizer's own EOS too.
 EOS_IDS = (3,) + tuple(range(4, 512, 16))
 STOP_IDS = tuple(range(12, 512, 64))
 GREEDY = Config(max_new_tokens=12, eos_token_id=EOS_IDS, stop_token_ids=STOP_IDS)
 SAMPLED = GREEDY.replace(max_new_tokens=8, temperature=1.0, num_samples=3)
-
-
-def random_params(cfg, seed, scale=0.2):
-  """Random parameters drawn on the host (the jitted initialiser takes seconds to compile):
-  N(0, scale) weights, 1 + N(0, scale) norm scales. scale 0.2 gives logits of order 1-10, so
-  greedy outputs vary from token to token."""
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, shape):
-    noise = rng.normal(0.0, scale, shape.shape)
-    return jnp.asarray(noise + (path[-1].key == "scale"), shape.dtype)
-
-  return jax.tree_util.tree_map_with_path(leaf, models.param_shapes(cfg))
 
 
 def expected_text(tok, tokens, length):
@@ -129,8 +116,11 @@ def test_num_samples_follow_the_chunk_rng_contract_and_compile_once(tiny, tok):
 
 def test_same_rng_same_samples_other_rng_other_samples(tiny, tok):
   model, params = tiny
-  run = lambda key: sampling.generate_texts(model, params, tok, PROMPTS, jax.random.key(key),  # noqa: E731
-                                            SAMPLED, batch_size=3)
+
+  def run(seed):
+    return sampling.generate_texts(model, params, tok, PROMPTS, jax.random.key(seed), SAMPLED,
+                                   batch_size=3)
+
   first = run(1)
   assert run(1) == first
   assert run(2) != first

@@ -1,7 +1,6 @@
 """The training loop: exact resume after SIGTERM and SIGKILL, the non-finite stop, metrics."""
 
 import functools
-import json
 import os
 import signal
 import subprocess

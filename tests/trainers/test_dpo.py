@@ -1,0 +1,209 @@
+"""The pure parts of the DPO trainer: loss inputs by name, pair making, and `preference_loss`
+against per-sequence log-probs computed in numpy float64 from the model's logits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from reasonjax import models
+from reasonjax.data import batching, tokenizers
+from reasonjax.data.tasks import get_task
+from reasonjax.losses import preference
+from reasonjax.trainers import dpo
+from tests.conftest import random_params
+
+
+# ----------------------------------------------------------------------------- loss_inputs
+
+
+@pytest.mark.parametrize("name, inputs", [
+    ("dpo", ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l")),
+    ("robust_dpo", ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l")),
+    ("ipo", ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l")),
+    ("hinge", ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l")),
+    ("reference_free", ("logp_w", "logp_l")),
+    ("simpo", ("logp_w", "logp_l", "len_w", "len_l")),
+    ("orpo", ("logp_w", "logp_l", "len_w", "len_l", "nll_w")),
+])
+def test_loss_inputs_name_the_positional_arguments(name, inputs):
+  assert dpo.loss_inputs(name) == inputs
+
+
+def test_every_loss_but_step_apo_can_be_fed():
+  usable = {name for name in preference.LOSSES if name != "step_apo"}
+  for name in usable:
+    assert set(dpo.loss_inputs(name)) <= set(dpo.INPUTS)
+
+
+def test_step_apo_raises_naming_the_step_values():
+  with pytest.raises(ValueError, match=r"step_apo.*\['q_w', 'q_l'\]"):
+    dpo.loss_inputs("step_apo")
+
+
+def test_unknown_loss_lists_the_valid_ones():
+  with pytest.raises(ValueError, match="valid: .*'dpo'"):
+    dpo.loss_inputs("kto")
+
+
+# ----------------------------------------------------------------------------- make_pairs
+
+
+def test_make_pairs_dedups_and_matches_in_sample_order():
+  samples = [
+      ["a", "x", "a", "b", "y", "x", "c", "z"],  # correct a, a, b, c; wrong x, y, x, z
+      ["p", "q", "r"],  # all correct
+      ["u", "v"],  # all wrong
+      [],
+      ["g", "w1", "w2", "w3"],  # one correct, three wrong: one pair
+  ]
+  correct = [
+      [True, False, True, True, False, False, True, False],
+      [True, True, True],
+      [False, False],
+      [],
+      [True, False, False, False],
+  ]
+  assert dpo.make_pairs(samples, correct, max_pairs=10) == [
+      [("a", "x"), ("b", "y"), ("c", "z")], [], [], [], [("g", "w1")]]
+  assert dpo.make_pairs(samples, correct, max_pairs=2) == [
+      [("a", "x"), ("b", "y")], [], [], [], [("g", "w1")]]
+  assert dpo.make_pairs(samples, correct, max_pairs=0) == [[], [], [], [], []]
+
+
+def test_make_pairs_brute_force_on_random_groups():
+  rng = np.random.default_rng(0)
+  for _ in range(50):
+    groups = [[str(t) for t in rng.integers(0, 6, rng.integers(0, 9))] for _ in range(3)]
+    # Correctness is a property of the text: even digits are correct.
+    correct = [[int(t) % 2 == 0 for t in g] for g in groups]
+    max_pairs = int(rng.integers(1, 4))
+    for group, pairs in zip(groups, dpo.make_pairs(groups, correct, max_pairs)):
+      good, bad = [], []
+      for t in group:
+        target = good if int(t) % 2 == 0 else bad
+        if t not in target:
+          target.append(t)
+      assert pairs == [(good[i], bad[i])
+                       for i in range(min(len(good), len(bad), max_pairs))]
+
+
+# ----------------------------------------------------------------------------- preference_loss
+
+
+CFG = models.preset("tiny", vocab_size=512, num_layers=2, hidden_size=64, intermediate_size=128,
+                    num_heads=4, num_kv_heads=2, head_dim=16)
+MODEL = models.Model(CFG)
+BETA = 0.1
+
+
+@pytest.fixture(scope="module")
+def batch():
+  """Four pairs of (gold, wrong) arithmetic solutions, [4, 96] fields, in order."""
+  tok = tokenizers.load("synthetic")
+  task = get_task("arithmetic")
+  examples = []
+  for i, p in enumerate(task.generate(4, seed=1)):
+    rejected = p.solution.replace(f"#### {p.answer}", f"#### {int(p.answer) + 1 + i}")
+    if i == 3:
+      rejected = "no idea"  # Chosen and rejected of different lengths.
+    examples.append(batching.preference_example(tok, task.prompt(p), p.solution, rejected))
+  out = next(batching.batches(examples, batch_size=4, seq_len=96, shuffle=False))
+  assert out["chosen_segment_ids"][:, -1].max() == 0  # Nothing truncated.
+  return {k: jnp.asarray(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope="module")
+def params():
+  return random_params(CFG, 0), random_params(CFG, 1)
+
+
+KWARGS = {"dpo": {"beta": BETA}, "reference_free": {"beta": BETA},
+          "simpo": {"beta": 2.0, "gamma": 0.5}, "orpo": {"lam": 0.3}}
+
+
+@pytest.fixture(scope="module")
+def out(batch, params):
+  """Everything the tests read, from one compiled program (compiling takes seconds): the
+  model's plain logits for the references, dpo against a frozen copy and against another
+  model, and the reference-free losses without frozen parameters."""
+  policy, other = params
+
+  @jax.jit
+  def run(policy, other, batch):
+    def loss(name, frozen):
+      return dpo.preference_loss(policy, batch, None, frozen, model=MODEL, loss=name,
+                                 loss_kwargs=KWARGS[name],
+                                 beta_for_metrics=KWARGS[name].get("beta", 1.0))
+
+    logits = {(i, prefix): MODEL.apply({"params": p}, batch[prefix + "inputs"])
+              for i, p in enumerate((policy, other)) for prefix in ("chosen_", "rejected_")}
+    return logits, {"dpo_self": loss("dpo", policy), "dpo": loss("dpo", other),
+                    **{name: loss(name, None) for name in ("reference_free", "simpo", "orpo")}}
+
+  logits, losses = jax.device_get(run(policy, other, batch))
+  return {"logp": {key: reference_logps(x, batch, key[1]) for key, x in logits.items()},
+          **losses}
+
+
+def reference_logps(logits, batch, prefix):
+  """Brute force: sum over completion targets of the float64 log-softmax of the logits (plain
+  positions 0..T-1, no segment ids: the rows are right-padded). -> [B]."""
+  logits = np.asarray(logits, np.float64)
+  logits -= logits.max(-1, keepdims=True)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  targets = np.asarray(batch[prefix + "targets"])
+  picked = np.take_along_axis(logp, targets[..., None], -1)[..., 0]
+  return (picked * np.asarray(batch[prefix + "loss_mask"], np.float64)).sum(-1)
+
+
+def log_sigmoid(z):
+  return -np.logaddexp(0.0, -z)
+
+
+def test_frozen_equal_to_params_gives_log_2_and_zero_margins(out):
+  value, (weight, metrics) = out["dpo_self"]
+  assert float(weight) == 4.0
+  assert float(value) == pytest.approx(np.log(2.0), abs=1e-6)
+  for name in ("reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy"):
+    assert float(metrics[name]) == 0.0, name
+
+
+def test_dpo_equals_the_formula_on_float64_sequence_logprobs(out):
+  logp_w, logp_l = out["logp"][0, "chosen_"], out["logp"][0, "rejected_"]
+  ref_w, ref_l = out["logp"][1, "chosen_"], out["logp"][1, "rejected_"]
+  z = BETA * ((logp_w - ref_w) - (logp_l - ref_l))
+  expected = -log_sigmoid(z).mean()
+  assert 0.05 < expected < 5 and np.ptp(z) > 0.1  # Neither saturated nor degenerate.
+  value, (weight, metrics) = out["dpo"]
+  assert float(weight) == 4.0
+  np.testing.assert_allclose(float(value), expected, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["loss"]), expected, rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["logp_chosen"]), logp_w.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["logp_rejected"]), logp_l.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["reward_chosen"]), BETA * (logp_w - ref_w).mean(),
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(float(metrics["reward_rejected"]), BETA * (logp_l - ref_l).mean(),
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(float(metrics["reward_margin"]), z.mean(), rtol=1e-4, atol=1e-4)
+  assert float(metrics["reward_accuracy"]) == np.mean(z > 0)
+
+
+def test_reference_free_losses_take_no_frozen_params(batch, out):
+  logp_w, logp_l = out["logp"][0, "chosen_"], out["logp"][0, "rejected_"]
+  len_w = np.asarray(batch["chosen_loss_mask"]).sum(-1)
+  len_l = np.asarray(batch["rejected_loss_mask"]).sum(-1)
+  assert (len_w != len_l).any()
+  x_w, x_l = logp_w / len_w, logp_l / len_l  # mean token log-probs
+  log_odds = lambda x: x - np.log1p(-np.exp(x))  # noqa: E731
+  expected = {
+      "reference_free": -log_sigmoid(BETA * (logp_w - logp_l)).mean(),
+      "simpo": -log_sigmoid(2.0 * (x_w - x_l) - 0.5).mean(),
+      "orpo": (-x_w - 0.3 * log_sigmoid(log_odds(x_w) - log_odds(x_l))).mean(),
+  }
+  for name, value in expected.items():
+    loss, (weight, metrics) = out[name]
+    np.testing.assert_allclose(float(loss), value, rtol=1e-4, err_msg=name)
+    assert float(weight) == 4.0
+    assert set(metrics) == {"loss", "logp_chosen", "logp_rejected"}, name
+
