@@ -39,8 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer.weight_decay = 0.0
   config.eval = common.evaluation()
   if arg.runlocal:
-    config.task.num_train = 96
-    config.pairs = common.rollouts(num_samples=4, max_new_tokens=48)
+    config.task.num_train = 128
+    config.pairs = common.rollouts(num_samples=8, max_new_tokens=48)
     config.pairs.max_per_problem = 1
     common.loop(config, steps=20, batch_size=8, seq_len=96, learning_rate=1e-4,
                 warmup_steps=2, log_every=2, checkpoint_every=10)

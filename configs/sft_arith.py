@@ -20,22 +20,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.tokenizer = "synthetic"
   config.task = ml_collections.ConfigDict({
       "name": "arithmetic", "num_train": 50_000,
-      "knobs": {"min_steps": 2, "max_steps": 4, "max_operand": 20, "max_value": 999}})
+      "knobs": {"min_steps": 2, "max_steps": 3, "max_operand": 9, "max_value": 99,
+                "ops": "+-*"}})
+  # A 0.9M-parameter decoder (the tiny preset, narrower): about 10 minutes on 2 CPU cores.
   config.model = ml_collections.ConfigDict({
-      "preset": "tiny", "hf_path": "", "vocab_size": 512, "dtype": "float32",
-      "param_dtype": "float32", "remat": "none"})
-  common.loop(config, steps=2000, batch_size=32, seq_len=256, learning_rate=1e-3,
-              warmup_steps=100, eval_every=500)
+      "preset": "tiny", "hf_path": "", "vocab_size": 512, "num_layers": 4, "hidden_size": 128,
+      "intermediate_size": 512, "num_heads": 4, "num_kv_heads": 2, "head_dim": 32,
+      "dtype": "float32", "param_dtype": "float32", "remat": "none"})
+  common.loop(config, steps=1500, batch_size=32, seq_len=128, learning_rate=2e-3,
+              warmup_steps=100, eval_every=500, checkpoint_every=250)
   config.pack = True
   config.label_smoothing = 0.0
   config.z_loss = 0.0
   config.eval = common.evaluation()
   if arg.runlocal:
-    config.model.update({"num_layers": 2, "hidden_size": 128, "intermediate_size": 256,
-                         "num_heads": 4, "num_kv_heads": 2, "head_dim": 32})
-    config.task.num_train = 2000
-    config.task.knobs = {"min_steps": 1, "max_steps": 2, "max_operand": 9, "max_value": 99}
-    common.loop(config, steps=60, batch_size=16, seq_len=128, learning_rate=3e-3,
-                warmup_steps=10, log_every=5, eval_every=30, checkpoint_every=30)
+    config.model.update({"num_layers": 2, "intermediate_size": 256})
+    config.task.num_train = 1500
+    config.task.knobs = {"min_steps": 1, "max_steps": 2, "max_operand": 9, "max_value": 30,
+                         "ops": "+-"}
+    common.loop(config, steps=120, batch_size=16, seq_len=128, learning_rate=3e-3,
+                warmup_steps=10, log_every=5, eval_every=60, checkpoint_every=60)
     config.eval = common.evaluation(num_problems=32, num_samples=4, k=4)
   return config

@@ -1,9 +1,11 @@
 """Config files: each loads, locks, and has a runlocal variant; the shared arg parser."""
 
 import glob
+import json
 import importlib
 import os
 
+import numpy as np
 import pytest
 
 from configs import common
@@ -31,3 +33,58 @@ def test_parse_arg():
     common.parse_arg("x", runlocal=False)
   with pytest.raises(ValueError, match="needs a value"):
     common.parse_arg("steps", steps=1)
+
+
+# ----------------------------------------------------------------------------- runlocal runs
+
+
+def _rows(workdir, key):
+  from reasonjax.metrics import read_jsonl
+  return [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if key in r]
+
+
+def _run(name, workdir, **changes):
+  from reasonjax import trainers
+  config = importlib.import_module(f"configs.{name}").get_config("runlocal")
+  config.update(changes)
+  return trainers.get(config.trainer)(config, str(workdir))
+
+
+@pytest.fixture(scope="module")
+def sft_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("sft_arith")
+  _run("sft_arith", workdir)
+  return str(workdir)
+
+
+def test_sft_arith_runlocal_learns_and_exports(sft_workdir):
+  train = _rows(sft_workdir, "loss")
+  assert train[-1]["loss"] < 0.5 * train[0]["loss"]
+  evals = _rows(sft_workdir, "eval/accuracy")
+  assert [r["step"] for r in evals] == [60, 120]  # eval_every and the end
+  # A minute from scratch learns the format (the arithmetic takes longer: see README).
+  assert evals[-1]["eval/truncated"] < 0.2
+  with open(os.path.join(sft_workdir, "results.json")) as f:
+    results = json.load(f)
+  assert results["accuracy"] == evals[-1]["eval/accuracy"] and "pass_at_4" in results
+  assert os.path.isfile(os.path.join(sft_workdir, "hf", "model.safetensors"))
+
+
+def test_dpo_arith_runlocal_trains_its_own_sft_policy_first(tmp_path):
+  _run("dpo_arith", tmp_path)
+  assert os.path.isfile(os.path.join(tmp_path, "sft", "hf", "model.safetensors"))
+  train = _rows(tmp_path, "reward_margin")
+  # The policy moves towards its correct samples and away from its wrong ones.
+  assert train[0]["reward_margin"] == pytest.approx(0.0, abs=1e-6)  # policy == reference
+  assert train[-1]["reward_margin"] > 0 and train[-1]["loss"] < np.log(2)
+  assert np.mean([r["reward_accuracy"] for r in train[-3:]]) > 0.5
+
+
+@pytest.mark.parametrize("name", ["orm_arith", "prm_arith"])
+def test_reward_model_runlocal_learns_its_labels(name, sft_workdir, tmp_path):
+  _run(name, tmp_path, init_from=os.path.join(sft_workdir, "hf"))
+  train = _rows(tmp_path, "loss")
+  assert np.mean([r["loss"] for r in train[-3:]]) < np.mean([r["loss"] for r in train[:3]])
+  evals = _rows(tmp_path, "eval/accuracy")
+  assert [r["step"] for r in evals] == [0, 20]  # Before (eval_at_start) and after.
+  assert evals[-1]["eval/accuracy"] > evals[0]["eval/accuracy"]

@@ -2,7 +2,7 @@
 
     result = evaluate.task_accuracy(model, params, tokenizer, task, problems, rng,
                                     max_new_tokens=64, num_samples=8, k=8)
-    result.metrics     # {"accuracy": ..., "pass@8": ..., "sample_accuracy": ..., ...}
+    result.metrics     # {"accuracy": ..., "pass_at_8": ..., "sample_accuracy": ..., ...}
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def task_accuracy(model, params, tokenizer, task: Task, problems: Sequence[Probl
                   temperature: float = 1.0, batch_size: int = 64) -> Evaluation:
   """Greedy accuracy and, with num_samples > 0, pass@k over num_samples samples per problem.
 
-  Returns metrics: accuracy (greedy), pass@k, sample_accuracy (mean over samples),
+  Returns metrics: accuracy (greedy), pass_at_{k}, sample_accuracy (mean over samples),
   greedy_length (mean characters) and truncated (fraction of greedy completions without an answer line).
   """
   if num_samples and not 1 <= k <= num_samples:
@@ -61,6 +61,6 @@ def task_accuracy(model, params, tokenizer, task: Task, problems: Sequence[Probl
         base.replace(num_samples=num_samples, temperature=temperature),
         batch_size=max(1, batch_size // num_samples), progress=f"eval pass@{k}")
     counts = [sum(task.check_answer(p, t) for t in texts) for p, texts in zip(problems, sampled)]
-    metrics[f"pass@{k}"] = float(np.mean([pass_at_k(num_samples, c, k) for c in counts]))
+    metrics[f"pass_at_{k}"] = float(np.mean([pass_at_k(num_samples, c, k) for c in counts]))
     metrics["sample_accuracy"] = float(np.mean(counts) / num_samples)
   return Evaluation(metrics=metrics, greedy=greedy)

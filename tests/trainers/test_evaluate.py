@@ -107,7 +107,7 @@ def test_greedy_and_sampled_metrics(fake):
       "accuracy": np.mean([c for _, c, _ in GREEDY]),  # 3 of 6
       "greedy_length": np.mean([len(t) for t, _, _ in GREEDY]),
       "truncated": np.mean([not a for _, _, a in GREEDY]),  # 2 of 6
-      f"pass@{K}": np.mean([brute_pass_at_k(N, c, K) for c in CORRECT_COUNTS]),
+      f"pass_at_{K}": np.mean([brute_pass_at_k(N, c, K) for c in CORRECT_COUNTS]),
       "sample_accuracy": sum(CORRECT_COUNTS) / (N * len(PROBLEMS)),
   }
   assert set(result.metrics) == set(expected)
