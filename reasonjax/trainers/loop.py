@@ -33,7 +33,6 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
-from absl import logging
 
 from reasonjax import checkpoint, metrics as metrics_lib, models, sharding
 from reasonjax.models import ModelConfig
@@ -110,9 +109,10 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
   """
   mesh = sharding.make_mesh(**config.mesh)
   rules = tuple(config.axis_rules)
-  tx = optim.make_optimizer({"total_steps": config.steps} | dict(config.optimizer))
-  max_nonfinite = int(config.optimizer.get("max_nonfinite_steps",
-                                           optim.FIELDS["max_nonfinite_steps"]))
+  # The schedule spans the run unless the config says otherwise.
+  opt = optim.FIELDS | {"total_steps": config.steps} | dict(config.optimizer)
+  tx = optim.make_optimizer(opt)
+  schedule, max_nonfinite = optim.learning_rate_schedule(opt), opt["max_nonfinite_steps"]
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.keep_checkpoints)
   with sharding.axis_rules(mesh, rules):
@@ -122,7 +122,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       state, data_state = ckpt.restore(start, abstract)
       if data_state is not None:
         batches.set_state(data_state)
-      logging.info("resumed from the checkpoint of step %d in %s", start, ckpt.directory)
+      tqdm.tqdm.write(f"resumed from the checkpoint of step {start} in {ckpt.directory}")
     else:
       state, _ = state_lib.init_state(cfg, tx, jax.random.key(config.seed), mesh=mesh,
                                       rules=rules, params=params)
@@ -138,12 +138,11 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
         loss_fn, tx, shardings, batch_shardings,
         shardings.params if frozen_args else None, accum_steps=config.accum_steps)
     writer = metrics_lib.MetricWriter(workdir, resume_step=step)
-    schedule = optim.learning_rate_schedule(
-        optim.FIELDS | {"total_steps": config.steps} | dict(config.optimizer))
-    # Tokens through the model per step: every `*inputs` field (preference pairs have two).
+    # Tokens through the model per step on this process: every `*inputs` field (preference
+    # pairs have two). MFU compares this process's FLOPs with its own devices' peak.
     inputs = [v for k, v in (host_batch or {}).items() if k.endswith("inputs")]
-    seq_tokens = sum(x.size for x in inputs) * jax.process_count()
-    flops_per_step = models.flops_per_token(cfg, inputs[0].shape[-1]) * seq_tokens if inputs else 0
+    local_tokens = sum(x.size for x in inputs)
+    flops_per_step = models.flops_per_token(cfg, inputs[0].shape[-1]) * local_tokens if inputs else 0
     peak = metrics_lib.peak_flops(cfg.dtype)
     final_eval: dict[str, float] = {}
     last_saved = start
@@ -165,7 +164,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       now = time.perf_counter()
       if timer is not None and done > timer[1]:
         seconds = (now - timer[0]) / (done - timer[1])
-        values |= {"step_seconds": seconds, "tokens_per_s": seq_tokens / seconds,
+        values |= {"step_seconds": seconds,
+                   "tokens_per_s": local_tokens * jax.process_count() / seconds,
                    "mfu": flops_per_step / seconds / peak}
       timer = (now, done)
       values |= {"learning_rate": float(schedule(done - 1)), "batch_crc32": fingerprint}
