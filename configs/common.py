@@ -101,7 +101,6 @@ def post_training(config: ml_collections.ConfigDict, sft: ml_collections.ConfigD
   config.task = ml_collections.ConfigDict(sft.task.to_dict())
   config.model = ml_collections.ConfigDict({"dtype": "float32", "param_dtype": "float32",
                                             "remat": "none"})
-  config.eval_at_start = True  # The starting policy's numbers, for comparison.
 
 
 def reward_model(arg: str | None, *, loss: str) -> ml_collections.ConfigDict:
@@ -121,6 +120,7 @@ def reward_model(arg: str | None, *, loss: str) -> ml_collections.ConfigDict:
   config.pack = True
   loop(config, steps=300, batch_size=32, seq_len=256, learning_rate=1e-4, warmup_steps=20,
        eval_every=100, checkpoint_every=100)
+  config.eval_at_start = True  # The untrained head's numbers, for comparison.
   config.eval = evaluation(num_problems=100)
   if arg.runlocal:
     config.task.num_train = 64

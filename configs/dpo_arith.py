@@ -34,9 +34,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "simpo": {"beta": 2.0, "gamma": 1.0},
       "orpo": {"lam": 0.1},
   })
-  common.loop(config, steps=300, batch_size=16, seq_len=128, learning_rate=5e-5,
-              warmup_steps=20, eval_every=100, checkpoint_every=100)
+  # Few epochs over the pairs at a low rate: at 5e-5 for 150 steps over 71 pairs (33 epochs)
+  # the preference loss fell but greedy accuracy dropped from 100% to 35%.
+  common.loop(config, steps=100, batch_size=16, seq_len=128, learning_rate=1e-5,
+              warmup_steps=10, eval_every=50, checkpoint_every=50)
   config.optimizer.weight_decay = 0.0
+  config.eval_at_start = True  # The starting policy's numbers, for comparison.
   config.eval = common.evaluation()
   if arg.runlocal:
     config.task.num_train = 128
