@@ -4,18 +4,20 @@ Both sides train the same Qwen2-family shape (q/k/v bias, tied embeddings, float
 [B, T] batch with the same update: token-mean cross-entropy, global-norm clipping at 1.0, AdamW
 (b1 0.9, b2 0.95, weight decay 0.1). reasonjax runs the path of the training loop
 (`optim.make_optimizer`, `state.init_state`, `step.jit_train_step` with `step.sft_loss`, the state
-donated); PyTorch runs `transformers.Qwen2ForCausalLM` (sdpa attention) with `torch.optim.AdamW`:
+donated); PyTorch runs `transformers.Qwen2ForCausalLM` (sdpa attention) with `torch.optim.AdamW`.
+reasonjax's step also does what its loop needs and costs little next to the model: the learning
+rate schedule, the non-finite guard, no decay on norms and biases, and the token accuracy.
 
     python benchmarks/train_step.py                   # tiny (16 x 256) and small (8 x 256)
     python benchmarks/train_step.py --shapes=tiny --runs=5 --batch=8 --seq_len=512
 
-Reports the median of `--runs` timed steps after one warm-up step (reasonjax's warm-up compiles,
-reported separately), the two frameworks' steps taken in turns so that load from other processes
-falls on both alike, tokens/s, the ratio torch_s / reasonjax_s (> 1: reasonjax is faster) and
+Reports reasonjax's compilation time and the median of `--runs` timed steps after one warm-up
+step, the two frameworks' steps taken in turns so that load from other processes falls on both
+alike, tokens/s, the ratio torch_s / reasonjax_s (> 1: reasonjax is faster) and
 MFU: `models.flops_per_token(cfg, T) * B * T` per step over the machine's f32 matmul peak,
-measured in the same run with JAX (`metrics.matmul_peak_flops`) and with torch; the larger of
-the two is the denominator for both frameworks. Prints a table and writes JSON (default
-benchmarks/results/train_step.json).
+measured just before each shape's steps with JAX (`metrics.matmul_peak_flops`) and with torch;
+the larger of the two is the denominator for both frameworks. Prints a table and writes JSON
+(default benchmarks/results/train_step.json).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import jax
 import numpy as np
 import torch
 import transformers
-from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import common
 from reasonjax import metrics, models, sharding
@@ -49,23 +50,10 @@ OPTIMIZER = {"learning_rate": 1e-4, "warmup_steps": 10, "total_steps": 1000}
 PEAK_SIZE = 2048
 
 
-def median_time(fn, runs: int) -> tuple[float, float]:
-  """(first call seconds, median of `runs` later calls)."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  times = []
-  for _ in range(runs):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return first, statistics.median(times)
-
-
 def torch_matmul_peak_flops(size: int = PEAK_SIZE, repeats: int = 5) -> float:
   """FLOP/s of a float32 `size`^3 torch matmul, median of `repeats` after one warm-up."""
   a = torch.ones((size, size), dtype=torch.float32)
-  _, seconds = median_time(lambda: torch.matmul(a, a), repeats)
+  seconds = interleaved_times({"matmul": lambda: torch.matmul(a, a)[0, 0]}, repeats)["matmul"]
   return 2 * size**3 / seconds
 
 
@@ -79,27 +67,29 @@ def make_batch(vocab_size: int, batch: int, length: int) -> dict[str, np.ndarray
 
 
 def reasonjax_step(cfg: models.ModelConfig, batch_np: dict):
-  """The library's jitted, donated SFT step as a thunk that runs one step and waits for it."""
+  """(thunk, compile seconds): the library's jitted, donated SFT step, compiled; the thunk runs
+  one step and waits for it."""
   mesh = sharding.make_mesh(data=-1, fsdp=1, tensor=1)
   rules = common.AXIS_RULES
   tx = optim.make_optimizer(OPTIMIZER)
   state, shardings = state_lib.init_state(cfg, tx, jax.random.key(0), mesh=mesh, rules=rules)
-  batch_spec = sharding.logical_to_mesh_spec(PartitionSpec("act_batch", "act_len"),
-                                             batch_np["inputs"].shape, mesh, rules)
-  batch_shardings = {k: NamedSharding(mesh, batch_spec) for k in batch_np}
+  batch_shardings = sharding.batch_shardings(batch_np, mesh, rules)
   batch = jax.device_put(batch_np, batch_shardings)
   loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
   train_step = step_lib.jit_train_step(loss_fn, tx, shardings, batch_shardings)
+  with sharding.axis_rules(mesh, rules):  # Compiled ahead of time to report compilation alone.
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
   holder = {"state": state}
 
   def one_step() -> float:
-    with sharding.axis_rules(mesh, rules):
-      new_state, step_metrics = train_step(holder["state"], batch)
+    new_state, step_metrics = compiled(holder["state"], batch)
     holder["state"] = new_state  # The input state was donated.
     jax.block_until_ready((new_state, step_metrics))
     return step_metrics["loss"]
 
-  return one_step
+  return one_step, compile_s
 
 
 def torch_step(cfg: models.ModelConfig, batch_np: dict):
@@ -132,30 +122,39 @@ def torch_step(cfg: models.ModelConfig, batch_np: dict):
   return one_step
 
 
-def interleaved_times(steps: dict, runs: int) -> tuple[dict, dict]:
-  """(first call seconds, median of `runs` later calls) of each thunk, the timed calls taken in
+def interleaved_times(steps: dict, runs: int) -> dict[str, float]:
+  """Median seconds of `runs` calls of each thunk after one warm-up call, the calls taken in
   turns so that load from other processes falls on every framework alike."""
-  first, times = {}, {k: [] for k in steps}
+  times = {k: [] for k in steps}
   for name, fn in steps.items():
-    start = time.perf_counter()
     assert np.isfinite(float(fn())), name
-    first[name] = time.perf_counter() - start
   for _ in range(runs):
     for name, fn in steps.items():
       start = time.perf_counter()
       fn()
       times[name].append(time.perf_counter() - start)
-  return first, {k: statistics.median(v) for k, v in times.items()}
+  return {k: statistics.median(v) for k, v in times.items()}
 
 
-def run_shape(name: str, spec: dict, runs: int, peak: float) -> dict:
+def matmul_peaks() -> dict[str, float]:
+  """The f32 `PEAK_SIZE`^3 matmul FLOP/s of JAX and of torch, measured now."""
+  return {"jax": metrics.matmul_peak_flops("float32", size=PEAK_SIZE),
+          "torch": torch_matmul_peak_flops(PEAK_SIZE)}
+
+
+def run_shape(name: str, spec: dict, runs: int) -> dict:
   cfg = models.preset(spec["preset"])
   batch, length = spec["batch"], spec["seq_len"]
   batch_np = make_batch(cfg.vocab_size, batch, length)
   step_flops = models.flops_per_token(cfg, length) * batch * length
   load_before = os.getloadavg()[0]
-  first, median = interleaved_times({"reasonjax": reasonjax_step(cfg, batch_np),
-                                     "torch": torch_step(cfg, batch_np)}, runs)
+  # Measured next to the steps: the load of other processes changes it within a run.
+  peaks = matmul_peaks()
+  peak = max(peaks.values())
+  print(f"  f32 {PEAK_SIZE}^3 matmul peak: jax {peaks['jax'] / 1e9:.1f}, torch "
+        f"{peaks['torch'] / 1e9:.1f} GFLOP/s", flush=True)
+  ours, compile_s = reasonjax_step(cfg, batch_np)
+  median = interleaved_times({"reasonjax": ours, "torch": torch_step(cfg, batch_np)}, runs)
   ours_s, theirs_s = median["reasonjax"], median["torch"]
   tokens = batch * length
   row = {
@@ -168,7 +167,9 @@ def run_shape(name: str, spec: dict, runs: int, peak: float) -> dict:
       "torch_gflop_s": round(step_flops / theirs_s / 1e9, 1),
       "reasonjax_mfu": round(step_flops / ours_s / peak, 3),
       "torch_mfu": round(step_flops / theirs_s / peak, 3),
-      "reasonjax_compile_s": round(first["reasonjax"] - ours_s, 2),
+      "reasonjax_compile_s": round(compile_s, 2),
+      "jax_matmul_peak_gflop_s": round(peaks["jax"] / 1e9, 1),
+      "torch_matmul_peak_gflop_s": round(peaks["torch"] / 1e9, 1),
       # Other processes' load slows both steps (torch's spinning OpenMP threads the more): kept
       # so that runs can be compared.
       "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
@@ -187,29 +188,24 @@ def main():
                                                     "train_step.json"))
   args = parser.parse_args()
   torch.set_num_threads(os.cpu_count())
-  jax_peak = metrics.matmul_peak_flops("float32", size=PEAK_SIZE)
-  torch_peak = torch_matmul_peak_flops(PEAK_SIZE)
-  peak = max(jax_peak, torch_peak)
-  print(f"f32 {PEAK_SIZE}^3 matmul peak: jax {jax_peak / 1e9:.1f} GFLOP/s, torch "
-        f"{torch_peak / 1e9:.1f} GFLOP/s (MFU uses {peak / 1e9:.1f}); torch threads: "
-        f"{torch.get_num_threads()}", flush=True)
+  print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs", flush=True)
   rows = []
   for name in args.shapes.split(","):
     if name not in SHAPES:
       raise ValueError(f"unknown shape {name!r}; valid: {sorted(SHAPES)}")
     spec = SHAPES[name] | {k: v for k in ("batch", "seq_len")
                            if (v := getattr(args, k)) is not None}
-    rows.append(run_shape(name, spec, args.runs, peak))
+    rows.append(run_shape(name, spec, args.runs))
   header = ("shape", "batch", "seq_len", "reasonjax_step_s", "torch_step_s", "speedup",
-            "reasonjax_tok_s", "torch_tok_s", "reasonjax_mfu", "torch_mfu", "reasonjax_compile_s")
+            "reasonjax_tok_s", "torch_tok_s", "reasonjax_mfu", "torch_mfu",
+            "jax_matmul_peak_gflop_s", "torch_matmul_peak_gflop_s", "reasonjax_compile_s")
   print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
   for r in rows:
     print("| " + " | ".join(str(r[h]) for h in header) + " |")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"rows": rows, "runs": args.runs,
-               "peak_flops": {"jax_f32_matmul": round(jax_peak), "torch_f32_matmul":
-                              round(torch_peak), "used": round(peak), "matmul_size": PEAK_SIZE},
+    json.dump({"rows": rows, "runs": args.runs, "matmul_peak_size": PEAK_SIZE,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "processor": platform.processor(), "jax": jax.__version__,
                            "jax_backend": jax.default_backend(), "torch": torch.__version__,
