@@ -24,6 +24,7 @@ HF_DIR = "hf"  # Where a finished run exports its parameters (a Hugging Face fol
 
 
 def task_and_tokenizer(config) -> tuple[tasks.Task, tokenizers.Tokenizer]:
+  """The task named in `config.task` with its knobs, and `config.tokenizer`."""
   task = tasks.get_task(config.task.name, **config.task.knobs)
   return task, tokenizers.load(config.tokenizer)
 
