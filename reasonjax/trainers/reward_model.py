@@ -149,13 +149,10 @@ def run(config, workdir: str) -> dict:
   cfg, params = models.load(experiment.model_section(config, path) |
                             {"lm_head": False, "score_head": True}, jax.random.key(config.seed))
 
-  def examples(split):
-    problems, rows = data[split]
-    return [(row, batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), s, y))
-            for row in rows for s, y in units(task, problems[row["problem"]], row["text"],
-                                              config.loss)]
-
-  train = [e for _, e in examples("train")]
+  problems, rows = data["train"]
+  train = [batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), steps, labels)
+           for row in rows
+           for steps, labels in units(task, problems[row["problem"]], row["text"], config.loss)]
   if not train:
     raise ValueError("no labelled training samples: the policy's solutions had no steps")
   logging.info("%s: %d training examples", config.loss, len(train))
