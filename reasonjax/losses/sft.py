@@ -23,8 +23,12 @@ def cross_entropy(logits: Array, targets: Array, mask: Array, *, label_smoothing
   """
   logits = at_least_f32(logits)
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  logp = logits - log_z[..., None]
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  loss = (1.0 - label_smoothing) * nll - label_smoothing * jnp.mean(logp, axis=-1)
-  loss = loss + z_loss * jnp.square(log_z)
+  # -log p(y) = log_z - logits_y: no [B, T, V] log-probabilities are materialised, and the
+  # optional terms cost nothing when off (x * 0.0 is still computed and differentiated).
+  loss = log_z - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  if label_smoothing:
+    # -mean_v log p(v) = log_z - mean_v logits_v.
+    loss = (1.0 - label_smoothing) * loss + label_smoothing * (log_z - jnp.mean(logits, -1))
+  if z_loss:
+    loss = loss + z_loss * jnp.square(log_z)
   return loss * mask

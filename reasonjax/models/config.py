@@ -11,7 +11,7 @@ from typing import Any
 
 FAMILIES = ("llama", "qwen2", "qwen3")
 DTYPES = ("float32", "bfloat16")
-ATTENTION_IMPLS = ("xla", "cudnn", "auto")
+ATTENTION_IMPLS = ("blockwise", "xla", "cudnn", "auto")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ROPE_TYPES = ("default", "linear", "llama3")
 
@@ -72,7 +72,11 @@ class ModelConfig:
   # Numerics and implementation: not part of a checkpoint.
   dtype: str = "float32"  # Compute dtype; parameters stay in param_dtype.
   param_dtype: str = "float32"
-  attention_impl: str = "xla"  # 'auto' lets JAX pick; 'cudnn' is flash attention on NVIDIA GPUs.
+  # Without a KV cache: 'blockwise' skips the score blocks above the causal diagonal
+  # (`layers.blockwise_causal_attention`, fastest on CPU); 'xla' and 'auto' call
+  # jax.nn.dot_product_attention, 'cudnn' is its flash attention on NVIDIA GPUs.
+  attention_impl: str = "blockwise"
+  attention_block: int = 64  # Queries per block of 'blockwise'.
   remat: str = "none"  # Activation checkpointing policy for each decoder layer.
   # False: one module per layer (`layers_0`, ...; see decoder.unstack_layers). Compiles in time
   # linear in depth, but XLA:CPU then reads each layer's weights in place instead of copying a
@@ -86,7 +90,7 @@ class ModelConfig:
       if value not in valid:
         raise ValueError(f"model.{name}={value!r} is not valid; expected one of {valid}")
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                 "num_kv_heads", "head_dim"):
+                 "num_kv_heads", "head_dim", "attention_block"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name} must be positive, got {getattr(self, name)}")
     if self.num_heads % self.num_kv_heads:

@@ -204,7 +204,9 @@ class Model(nn.Module):
     """Vocabulary logits in float32. h: [B, T, D] -> [B, T, V]."""
     if self.cfg.tie_word_embeddings:
       table = self.embed_tokens.embedding.astype(h.dtype)
-      logits = jnp.einsum("btd,vd->btv", h, table, preferred_element_type=jnp.float32)
+      # Flat [B*T, D] rows, for the reason given in `layers.Linear`.
+      logits = jnp.dot(h.reshape(-1, h.shape[-1]), table.T, preferred_element_type=jnp.float32)
+      logits = logits.reshape(h.shape[:-1] + (table.shape[0],))
     else:
       logits = self.lm_head(h)
     return nn.with_logical_constraint(logits, ("act_batch", "act_len", "act_vocab"))

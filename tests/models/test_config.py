@@ -44,8 +44,10 @@ def test_flops_per_token_matches_xla_cost_analysis():
   on a matmul-dominated shape the two agree to a few percent, and the formula is the lower one.
   One layer: the cost analysis counts a scanned (while-loop) body once, whatever the trip count.
   """
+  # 'xla' attention computes the full T x T square that the formula counts; 'blockwise' skips
+  # the blocks above the diagonal.
   cfg = models.preset("tiny", num_layers=1, hidden_size=512, intermediate_size=1536,
-                      num_heads=8, num_kv_heads=2, vocab_size=2048)
+                      num_heads=8, num_kv_heads=2, vocab_size=2048, attention_impl="xla")
   batch, length = 2, 128
   model = models.Model(cfg)
   tokens = jnp.zeros((batch, length), jnp.int32)
