@@ -82,6 +82,9 @@ class ModelConfig:
   # linear in depth, but XLA:CPU then reads each layer's weights in place instead of copying a
   # slice of the stacked array per step, which speeds up decoding.
   scan_layers: bool = True
+  # With scan_layers: run the stacked layers unrolled (faster steps on CPU; compile time grows
+  # with depth) or under nn.scan (one compiled layer: deep models, TPU pods).
+  unroll_layers: bool = True
 
   def __post_init__(self):
     for name, valid in (("family", FAMILIES), ("dtype", DTYPES), ("param_dtype", DTYPES),

@@ -14,7 +14,8 @@ from reasonjax.models.decoder import init_params, param_logical_axes, param_shap
 from reasonjax.models.hf import load_hf, read_config
 
 # Fields that may be changed on top of a checkpoint: they change numerics, not parameter shapes.
-RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "attention_block", "remat")
+RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "attention_block", "remat",
+                  "unroll_layers")
 # Heads may be changed too: a reward model starts from a policy checkpoint (lm_head=False,
 # score_head=True); a head the checkpoint lacks is initialised, one it has but the config does
 # not want is dropped.

@@ -98,6 +98,26 @@ def test_remat_changes_memory_not_results(params, policy):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
 
 
+def test_unrolled_and_scanned_layers_agree(params):
+  """The default runs the stacked layers unrolled; nn.scan must give the same logits, cache
+  and gradients."""
+  scanned = CFG.replace(unroll_layers=False)
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, CFG.vocab_size, (2, 8)), jnp.int32)
+
+  def loss(p, cfg):
+    return models.Model(cfg).apply({"params": p}, tokens).mean()
+
+  grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+  (value, g), (value_ref, g_ref) = grad(params, CFG), grad(params, scanned)
+  np.testing.assert_allclose(value, value_ref, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+  outs = [_apply(cfg)({"params": params}, tokens, cache=models.init_cache(cfg, 2, 8))
+          for cfg in (CFG, scanned)]
+  for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):  # Logits and cache.
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
 def test_parameter_tree_layout_is_pinned():
   """Old checkpoints (orbax) only restore if paths and shapes stay as they are: change this
   test only together with a conversion for existing checkpoints."""
