@@ -10,6 +10,7 @@ locked: an override of a key that does not exist fails before anything runs.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 
@@ -35,8 +36,18 @@ def main(argv):
   run = trainers.get(config.trainer)
   workdir = os.path.abspath(_WORKDIR.value)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  path = os.path.join(workdir, "config.json")
+  text = config.to_json_best_effort(indent=2)
+  if os.path.isfile(path):
+    with open(path) as f:
+      changes = config_changes(json.load(f), json.loads(text))
+    if changes:
+      # A resumed run with another config continues its checkpoint under the new settings
+      # (or fails to restore, if shapes changed): say so before it happens.
+      print(f"warning: {path} holds an earlier run's config; this run changes "
+            + ", ".join(changes), file=sys.stderr, flush=True)
+  with open(path, "w") as f:
+    f.write(text)
   logging.info("config:\n%s", config)
   print(f"{config.trainer}: workdir {workdir}", flush=True)
   try:
@@ -44,6 +55,18 @@ def main(argv):
   except loop.Preempted as e:
     print(e, file=sys.stderr)
     sys.exit(128 + e.signum)
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
+  """'key: old -> new' for every leaf that differs between two nested config dicts."""
+  changes = []
+  for key in sorted(set(old) | set(new), key=str):
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      changes += config_changes(a, b, f"{prefix}{key}.")
+    elif a != b:
+      changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+  return changes
 
 
 def check_overrides(argv: list[str]) -> None:

@@ -45,3 +45,13 @@ def test_unknown_config_arg_lists_valid_ones(tmp_path):
   out = run_main(f"--config={CONFIG}:runlocl", workdir=tmp_path)
   assert out.returncode != 0
   assert "config arg 'runlocl' is unknown; valid: ['preset', 'runlocal']" in out.stderr
+
+
+def test_config_changes_lists_every_changed_leaf():
+  from reasonjax.main import config_changes
+  old = {"steps": 100, "model": {"dtype": "float32", "num_layers": 4}, "task": {"n": 1}}
+  new = {"steps": 200, "model": {"dtype": "float32", "num_layers": 2}, "seed": 0}
+  assert config_changes(old, new) == [
+      "model.num_layers: 4 -> 2", "seed: '<absent>' -> 0", "steps: 100 -> 200",
+      "task: {'n': 1} -> '<absent>'"]
+  assert config_changes(old, old) == []
