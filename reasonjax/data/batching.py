@@ -75,7 +75,7 @@ def prompt_example(tokenizer, prompt: str, index: int) -> Example:
   return {"prompt": ids, "index": np.asarray(index, np.int32)}
 
 
-def _fit(example: Example, seq_len: int) -> Example:
+def pad_example(example: Example, seq_len: int) -> Example:
   """Right-pads (or truncates) every sequence field to seq_len, and adds the segment ids and
   positions of the unpacked layout (`prompt_length` too for prompt examples)."""
   out = {}
@@ -134,7 +134,7 @@ def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack:
   if drop_too_long:
     dataset = dataset.filter(lambda e: all(v.ndim == 0 or len(v) <= seq_len for v in e.values()))
   if not pack:
-    return iter(dataset.map(lambda e: _fit(e, seq_len)).batch(batch_size, drop_remainder=True))
+    return iter(dataset.map(lambda e: pad_example(e, seq_len)).batch(batch_size, drop_remainder=True))
   if "inputs" not in examples[0]:
     raise ValueError("pack=True needs examples with `inputs` (sft_example or prm_example)")
   # Truncate first: the packer cannot place an example longer than a row.

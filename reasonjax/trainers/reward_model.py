@@ -115,21 +115,19 @@ def _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split:
   return problems, rows
 
 
-def _score_fn(model, seq_len: int, batch_size: int):
-  """Host examples -> per-example score arrays at their marked positions (jitted, one shape)."""
+def _score_fn(model, batch_size: int):
+  """Examples padded to one length (`batching.pad_example`) -> each one's scores at its marked
+  positions. Jitted for one shape: the last chunk is padded with empty rows."""
   score = jax.jit(lambda p, x: model.apply({"params": p}, x, method=models.Model.score))
 
   def run(params, examples):
     out = []
     for start in range(0, len(examples), batch_size):
       chunk = examples[start:start + batch_size]
-      inputs = np.zeros((batch_size, seq_len), np.int32)
-      for row, e in zip(inputs, chunk):
-        row[:min(len(e["inputs"]), seq_len)] = e["inputs"][:seq_len]
-      scores = np.asarray(score(params, inputs))
-      for row, e in zip(scores, chunk):
-        mask = e["step_mask"][:seq_len]
-        out.append(row[:len(mask)][mask > 0])
+      inputs = np.zeros((batch_size, len(chunk[0]["inputs"])), np.int32)
+      inputs[:len(chunk)] = [e["inputs"] for e in chunk]
+      for row, e in zip(np.asarray(score(params, inputs)), chunk):
+        out.append(row[e["step_mask"] > 0])
     return out
 
   return run
@@ -162,16 +160,16 @@ def run(config, workdir: str) -> dict:
       process_count=jax.process_count())
   # Evaluation: the first rendering of each test sample (steps, or the whole text for orm).
   problems, rows = data["test"]
-  test = [(row, batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), *u[0]))
+  test = [(row, batching.pad_example(batching.prm_example(
+              tokenizer, task.prompt(problems[row["problem"]]), *u[0]), config.seq_len))
           for row in rows if (u := units(task, problems[row["problem"]], row["text"], config.loss))]
-  score = _score_fn(models.Model(cfg), config.seq_len, config.eval.batch_size)
+  score = _score_fn(models.Model(cfg), config.eval.batch_size)
 
   def evaluate(params, rng):
     del rng
     scores = score(params, [e for _, e in test])
     flat = np.concatenate(scores)
-    labels = np.concatenate([e["step_labels"][:config.seq_len][e["step_mask"][:config.seq_len] > 0]
-                             for _, e in test])
+    labels = np.concatenate([e["step_labels"][e["step_mask"] > 0] for _, e in test])
     best: dict[int, tuple[float, bool]] = {}
     for (row, _), s in zip(test, scores):
       value = solution_score(s, config.loss)
