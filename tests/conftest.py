@@ -6,8 +6,24 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_command(*flags, workdir) -> list[str]:
+  """`python -m reasonjax.main --workdir=... *flags`, as a user runs it (from REPO)."""
+  return [sys.executable, "-m", "reasonjax.main", f"--workdir={workdir}", *flags]
+
+
+def run_main(*flags, workdir, env=None, timeout=600) -> subprocess.CompletedProcess:
+  """Runs `main_command` to the end; stdout and stderr are captured as text."""
+  return subprocess.run(main_command(*flags, workdir=workdir), cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 # Shapes not in any preset; initializer_range 0.2 gives logits of order 1-10, so that parity

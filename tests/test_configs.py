@@ -4,14 +4,13 @@ import glob
 import json
 import importlib
 import os
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
 from configs import common
+from tests.conftest import run_main
 
 CONFIG_FILES = sorted(os.path.basename(f)[:-3] for f in glob.glob(
     os.path.join(os.path.dirname(common.__file__), "*.py")) if not f.endswith(("__init__.py",
@@ -43,7 +42,6 @@ def test_parse_arg():
 # session's 8 fake ones), and must finish within RUNLOCAL_SECONDS.
 
 RUNLOCAL_SECONDS = 60
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _rows(workdir, key):
@@ -52,12 +50,9 @@ def _rows(workdir, key):
 
 
 def _run(name, workdir, *flags):
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   start = time.perf_counter()
-  result = subprocess.run([sys.executable, "-m", "reasonjax.main",
-                           f"--config=configs/{name}.py:runlocal", f"--workdir={workdir}", *flags],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  result = run_main(f"--config=configs/{name}.py:runlocal", *flags, workdir=workdir, env=env)
   seconds = time.perf_counter() - start
   assert result.returncode == 0, result.stderr[-3000:]
   # Generous against machine load; the README's claim is "under a minute".

@@ -2,18 +2,12 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = os.path.join(ROOT, "configs", "model_report.py")
+from tests.conftest import REPO, run_main
 
-
-def run_main(*args, workdir):
-  return subprocess.run([sys.executable, "-m", "reasonjax.main", f"--workdir={workdir}", *args],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300)
+CONFIG = os.path.join(REPO, "configs", "model_report.py")
 
 
 def test_runlocal_runs_end_to_end(tmp_path):

@@ -4,7 +4,6 @@ import functools
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -17,8 +16,8 @@ from reasonjax import checkpoint, models
 from reasonjax.data import batching, tasks, tokenizers
 from reasonjax.metrics import read_jsonl
 from reasonjax.trainers import loop, sft, step as step_lib
+from tests.conftest import REPO, main_command
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 24
 OVERRIDES = {"steps": STEPS, "checkpoint_every": 6, "log_every": 1, "eval.num_problems": 0}
 # Fields that measure the machine, not the run.
@@ -38,8 +37,8 @@ def sft_config():
 
 def start_run(workdir):
   """The SFT run as a user starts it: a subprocess of reasonjax.main."""
-  command = [sys.executable, "-m", "reasonjax.main", "--config=configs/sft_arith.py:runlocal",
-             f"--workdir={workdir}"] + [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+  command = main_command("--config=configs/sft_arith.py:runlocal",
+                         *[f"--config.{k}={v}" for k, v in OVERRIDES.items()], workdir=workdir)
   # A persistent compilation cache: the resumed processes skip recompiling the step.
   env = os.environ | {"JAX_COMPILATION_CACHE_DIR": os.path.join(workdir, "..", "jax_cache"),
                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
