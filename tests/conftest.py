@@ -87,4 +87,7 @@ def random_params(cfg, seed: int, scale: float = 0.2):
     noise = rng.normal(0.0, scale, shape.shape)
     return jnp.asarray(noise + (path[-1].key == "scale"), shape.dtype)
 
-  return jax.tree_util.tree_map_with_path(leaf, models.param_shapes(cfg))
+  # Drawn in the stacked layout whatever cfg's: the same seed gives the same model either way.
+  params = jax.tree_util.tree_map_with_path(
+      leaf, models.param_shapes(cfg.replace(scan_layers=True)))
+  return params if cfg.scan_layers else models.unstack_layers(params)

@@ -53,16 +53,21 @@ def test_sharded_init_and_forward_equal_single_device():
                                             models.param_shapes(CFG), mesh, AXIS_RULES)
   params = sharding.init_sharded(functools.partial(models.init_params, CFG), jax.random.key(0),
                                  shardings)
-  q = params["layers"]["self_attn"]["q_proj"]["kernel"]  # [L, D, H, hd]
-  assert q.sharding.spec == PartitionSpec(None, "fsdp", "tensor", None)
-  assert q.addressable_shards[0].data.shape == (2, 128, 2, 64)
-  down = params["layers"]["mlp"]["down_proj"]["kernel"]  # [L, F, D]
-  assert down.sharding.spec == PartitionSpec(None, "tensor", "fsdp")
+  q = params["layers_1"]["self_attn"]["q_proj"]["kernel"]  # [D, H, hd]
+  assert q.sharding.spec == PartitionSpec("fsdp", "tensor", None)
+  assert q.addressable_shards[0].data.shape == (128, 2, 64)
+  down = params["layers_1"]["mlp"]["down_proj"]["kernel"]  # [F, D]
+  assert down.sharding.spec == PartitionSpec("tensor", "fsdp")
   assert params["embed_tokens"]["embedding"].sharding.spec == PartitionSpec("tensor", "fsdp")
+  scanned = CFG.replace(scan_layers=True)  # Stacked layers: the layer axis stays unsharded.
+  stacked = sharding.logical_to_shardings(models.param_logical_axes(scanned),
+                                          models.param_shapes(scanned), mesh, AXIS_RULES)
+  assert (stacked["layers"]["self_attn"]["q_proj"]["kernel"].spec
+          == PartitionSpec(None, "fsdp", "tensor", None))
 
   # The same random numbers as an unsharded init: sharding must not change the model.
   single = jax.device_get(models.init_params(CFG, jax.random.key(0)))
-  np.testing.assert_array_equal(jax.device_get(q), single["layers"]["self_attn"]["q_proj"]["kernel"])
+  np.testing.assert_array_equal(jax.device_get(q), single["layers_1"]["self_attn"]["q_proj"]["kernel"])
 
   tokens = np.random.default_rng(0).integers(0, CFG.vocab_size, (8, 16)).astype(np.int32)
   mask = np.ones_like(tokens)

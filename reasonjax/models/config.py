@@ -78,13 +78,12 @@ class ModelConfig:
   attention_impl: str = "blockwise"
   attention_block: int = 64  # Queries per block of 'blockwise'.
   remat: str = "none"  # Activation checkpointing policy for each decoder layer.
-  # False: one module per layer (`layers_0`, ...; see decoder.unstack_layers). Compiles in time
-  # linear in depth, but XLA:CPU then reads each layer's weights in place instead of copying a
-  # slice of the stacked array per step, which speeds up decoding.
-  scan_layers: bool = True
-  # With scan_layers: run the stacked layers unrolled (faster steps on CPU; compile time grows
-  # with depth) or under nn.scan (one compiled layer: deep models, TPU pods).
-  unroll_layers: bool = True
+  # False (the default): one module per layer (`layers_0`, ...), run as straight-line code. XLA
+  # reads each layer's weights in place; slicing a stacked array copies them, forward and
+  # backward, every step. True: parameters stacked on a leading `layers` axis under nn.scan,
+  # which compiles one layer whatever the depth (deep models, TPU pods). Checkpoints in the
+  # Hugging Face format are the same either way.
+  scan_layers: bool = False
 
   def __post_init__(self):
     for name, valid in (("family", FAMILIES), ("dtype", DTYPES), ("param_dtype", DTYPES),

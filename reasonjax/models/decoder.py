@@ -5,9 +5,8 @@
     logits, cache = model.apply({"params": params}, tokens, cache=cache)          # incremental
     scores = model.apply({"params": params}, tokens, method=Model.score)          # [B, T] f32
 
-With `scan_layers` (the default, and the layout of checkpoints) layer parameters are stacked
-along a leading `layers` axis. `unroll_layers` runs them as straight-line code over slices of
-that stack; otherwise `nn.scan` compiles one layer whatever the depth.
+Layer parameters are one subtree per layer (`layers_0`, ...) by default; with `scan_layers` they
+are stacked along a leading `layers` axis and run under `nn.scan` (see `ModelConfig`).
 """
 
 from __future__ import annotations
@@ -189,14 +188,7 @@ class Model(nn.Module):
     table = nn.with_logical_constraint(self.embed_tokens.embedding, ("vocab", None))
     h = jnp.take(table, tokens, axis=0).astype(cfg.dtype)
     h = nn.with_logical_constraint(h, ("act_batch", "act_len", "act_embed"))
-    if cfg.scan_layers and cfg.unroll_layers and not self.is_initializing():
-      # The stack's slices are read in place and the backward pass writes no stacked
-      # residuals: 7-13% faster train steps on CPU than the scan (benchmarks/train_step.py).
-      layer, stacked = _layer_class(cfg)(cfg, parent=None), self.layers.variables["params"]
-      for i in range(cfg.num_layers):
-        params = jax.tree.map(lambda x: x[i], stacked)
-        (h, cache), _ = layer.apply({"params": params}, (h, cache), i, sin, cos, mask, slots)
-    elif cfg.scan_layers:
+    if cfg.scan_layers:
       layer_ids = jnp.arange(cfg.num_layers, dtype=jnp.int32)
       (h, cache), _ = self.layers((h, cache), layer_ids, sin, cos, mask, slots)
     else:

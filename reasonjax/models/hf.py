@@ -147,16 +147,21 @@ def config_to_hf(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
 
 
 def _table(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], str, tuple[int, ...], int]]:
-  """(flax path, HF name with '{i}' for layer tensors, Flax shape without the layer axis, n_in).
+  """(flax path, HF name, Flax shape without the layer axis, n_in).
 
-  n_in > 0 marks a kernel: its first n_in Flax dims flatten into the HF input (second) dim.
+  Stacked layer tensors (`scan_layers`) have '{i}' for the layer in their HF name; per-layer
+  modules (`layers_3`) name their layer. n_in > 0 marks a kernel: its first n_in Flax dims
+  flatten into the HF input (second) dim.
   """
   for path, leaf in jax.tree_util.tree_flatten_with_path(param_shapes(cfg))[0]:
     keys = tuple(k.key for k in path)
     module, leaf_name = keys[0], keys[-1]
     shape = leaf.shape[1:] if module == "layers" else leaf.shape
-    name = ".".join([_MODULE_NAMES[module]] + (["{i}"] if module == "layers" else [])
-                    + list(keys[1:-1]) + [_LEAF_NAMES[leaf_name]])
+    if module.startswith("layers"):
+      prefix = [_MODULE_NAMES["layers"], "{i}" if module == "layers" else module.split("_")[1]]
+    else:
+      prefix = [_MODULE_NAMES[module]]
+    name = ".".join(prefix + list(keys[1:-1]) + [_LEAF_NAMES[leaf_name]])
     n_in = (2 if keys[-2] == "o_proj" else 1) if leaf_name == "kernel" else 0
     yield keys, name, shape, n_in
 
@@ -245,19 +250,21 @@ def read_config(path: str) -> ModelConfig:
   return config_from_hf(hf, config_file)
 
 
-def load_hf(path: str, *, param_dtype: str = "float32", shardings=None):
+def load_hf(path: str, *, param_dtype: str = "float32", scan_layers: bool = False,
+            shardings=None):
   """Loads a local Hugging Face checkpoint folder.
 
   Args:
     path: folder with config.json and model.safetensors (or sharded with an index).
     param_dtype: dtype of the returned parameters (the checkpoint's is converted).
+    scan_layers: the layer layout of the returned tree (see `ModelConfig.scan_layers`).
     shardings: optional pytree of `jax.sharding.Sharding` matching the parameter tree (see
       `sharding.param_shardings`); each tensor is placed as soon as it is converted.
 
   Returns:
     (ModelConfig, params): params is the `Model` parameter tree of jax arrays.
   """
-  cfg = read_config(path).replace(param_dtype=param_dtype)
+  cfg = read_config(path).replace(param_dtype=param_dtype, scan_layers=scan_layers)
   folder = _SafetensorsFolder(path)
   dtype = _DTYPES[param_dtype]
   used, params = set(), {}

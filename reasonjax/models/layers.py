@@ -7,6 +7,7 @@ Every parameter carries logical axis names; `sharding.py` maps them to mesh axes
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -136,22 +137,102 @@ def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
-def blockwise_causal_attention(q: Array, k: Array, v: Array, mask: Array, block: int) -> Array:
-  """`cached_attention` over a causal mask, one block of `block` queries at a time.
+def _block_bounds(length: int, block: int) -> list[tuple[int, int]]:
+  return [(start, min(start + block, length)) for start in range(0, length, block)]
 
-  q: [B, T, H, hd]; k, v: [B, T, K, hd]; mask: bool [B, 1, T, T], False wherever key s > query
-  t (it may also mask padding and other segments). Returns [B, T, H, hd]. Queries [i, i + c)
-  see only keys < i + c, so the score blocks above the diagonal, (n - 1) / 2n of all scores for
-  n blocks, are neither computed nor differentiated.
+
+def _group_queries(x: Array, kv: int) -> Array:
+  """[B, T, H, hd] -> [B, K, T, G, hd]: query heads grouped under their KV head, the layout in
+  which every product below is a plain batched matmul over (B, K) with (T, G) as its rows."""
+  b, t, h, d = x.shape
+  return x.reshape(b, t, kv, h // kv, d).transpose(0, 2, 1, 3, 4)
+
+
+def _ungroup_queries(x: Array) -> Array:
+  b, kv, t, g, d = x.shape
+  return x.transpose(0, 2, 1, 3, 4).reshape(b, t, kv * g, d)
+
+
+def _block_scores(q: Array, k: Array, mask: Array) -> Array:
+  """q [B, K, c, G, hd], k [B, K, e, hd], mask [B, 1, c, e] -> masked, scaled f32 [B, K, c, G, e]."""
+  s = jnp.einsum("bktgd,bksd->bktgs", q, k, preferred_element_type=jnp.float32)
+  s = s / np.sqrt(q.shape[-1])
+  return jnp.where(mask[:, :, :, None, :], s, jnp.finfo(jnp.float32).min)
+
+
+def _blockwise_forward(q, k, v, mask, block):
+  """Grouped q, o [B, K, T, G, hd]; k, v [B, K, T, hd] -> (o, logsumexp [B, K, T, G, 1])."""
+  outs, lses = [], []
+  for start, end in _block_bounds(q.shape[2], block):
+    s = _block_scores(q[:, :, start:end], k[:, :, :end], mask[:, :, start:end, :end])
+    m = jnp.max(s, -1, keepdims=True)
+    p = jnp.exp(s - m)
+    total = jnp.sum(p, -1, keepdims=True)
+    # Normalised after the product: the output block is hd wide, the probabilities e wide.
+    o = jnp.einsum("bktgs,bksd->bktgd", p.astype(v.dtype), v[:, :, :end],
+                   preferred_element_type=jnp.float32) / total
+    outs.append(o.astype(q.dtype))
+    lses.append(m + jnp.log(total))
+  return jnp.concatenate(outs, 2), jnp.concatenate(lses, 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def blockwise_causal_attention(q: Array, k: Array, v: Array, mask: Array, block: int) -> Array:
+  """softmax(q k^T / sqrt(hd) + log mask) v under a causal mask, one block of `block` queries at
+  a time, with a hand-written backward pass.
+
+  q: [B, T, H, hd]; k, v: [B, T, K, hd] (K KV heads, each shared by H / K query heads); mask:
+  bool [B, 1, T, T], False wherever key s > query t (it may also mask padding and other
+  segments). Returns [B, T, H, hd]. Queries [i, i + c) see only keys < i + c, so the score blocks
+  above the diagonal, (n - 1) / 2n of all scores for n blocks, are neither computed nor
+  differentiated.
+
+  The backward pass (as in FlashAttention) keeps only the output and the rows' log-sum-exp L and
+  recomputes each block's P = exp(S - L); with dP = dO V^T and D = rowsum(dO * O):
+  dS = P * (dP - D), dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dO. Written by hand
+  so that every product runs in the grouped layout, where XLA's own transpose of the forward
+  re-laid out the score-sized tensors between its products.
   """
-  t = q.shape[1]
-  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  outs = []
-  for start in range(0, t, block):
-    end = min(start + block, t)
-    outs.append(cached_attention(q[:, start:end], k[:, :, :end], v[:, :, :end],
-                                 mask[:, :, start:end, :end]))
-  return jnp.concatenate(outs, axis=1)
+  kv = k.shape[2]
+  out, _ = _blockwise_forward(_group_queries(q, kv), k.transpose(0, 2, 1, 3),
+                              v.transpose(0, 2, 1, 3), mask, block)
+  return _ungroup_queries(out)
+
+
+def _blockwise_fwd(q, k, v, mask, block):
+  kv = k.shape[2]
+  qg, kt, vt = _group_queries(q, kv), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  out, lse = _blockwise_forward(qg, kt, vt, mask, block)
+  return _ungroup_queries(out), (qg, kt, vt, out, lse, mask)
+
+
+def _blockwise_bwd(block, residuals, d_out):
+  q, k, v, out, lse, mask = residuals
+  d_out = _group_queries(d_out, k.shape[1])
+  delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True)
+  scale = 1 / np.sqrt(q.shape[-1])
+  dq_blocks = []
+  dk, dv = jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32)
+  for start, end in _block_bounds(q.shape[2], block):
+    rows = slice(start, end)
+    p = jnp.exp(_block_scores(q[:, :, rows], k[:, :, :end], mask[:, :, rows, :end])
+                - lse[:, :, rows])
+    dp = jnp.einsum("bktgd,bksd->bktgs", d_out[:, :, rows], v[:, :, :end],
+                    preferred_element_type=jnp.float32)
+    ds = (p * (dp - delta[:, :, rows]) * scale).astype(q.dtype)
+    p = p.astype(q.dtype)
+    dv = dv.at[:, :, :end].add(jnp.einsum("bktgs,bktgd->bksd", p, d_out[:, :, rows],
+                                          preferred_element_type=jnp.float32))
+    dk = dk.at[:, :, :end].add(jnp.einsum("bktgs,bktgd->bksd", ds, q[:, :, rows],
+                                          preferred_element_type=jnp.float32))
+    dq_blocks.append(jnp.einsum("bktgs,bksd->bktgd", ds, k[:, :, :end],
+                                preferred_element_type=jnp.float32).astype(q.dtype))
+  dq = _ungroup_queries(jnp.concatenate(dq_blocks, 2))
+  untranspose = lambda x, like: x.transpose(0, 2, 1, 3).astype(like.dtype)
+  return dq, untranspose(dk, k), untranspose(dv, v), None
+
+
+blockwise_causal_attention.defvjp(_blockwise_fwd, _blockwise_bwd)
 
 
 class Attention(nn.Module):

@@ -15,7 +15,7 @@ from reasonjax.models.hf import load_hf, read_config
 
 # Fields that may be changed on top of a checkpoint: they change numerics, not parameter shapes.
 RUNTIME_FIELDS = ("dtype", "param_dtype", "attention_impl", "attention_block", "remat",
-                  "unroll_layers")
+                  "scan_layers")
 # Heads may be changed too: a reward model starts from a policy checkpoint (lm_head=False,
 # score_head=True); a head the checkpoint lacks is initialised, one it has but the config does
 # not want is dropped.
@@ -68,7 +68,8 @@ def _load_checkpoint(cfg: ModelConfig, path: str, rng: jax.Array, shardings):
   if shardings is not None:
     body_shardings = {k: v for k, v in shardings.items() if k not in heads}
     body_shardings |= {k: shardings.get(k) for k, present in saved_heads.items() if present}
-  _, params = load_hf(path, param_dtype=cfg.param_dtype, shardings=body_shardings)
+  _, params = load_hf(path, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
+                      shardings=body_shardings)
   params = {k: v for k, v in params.items() if not (k in heads and not heads[k])}
   missing = [k for k in heads if heads[k] and k not in params]
   if missing:

@@ -53,8 +53,14 @@ def test_save_hf_reloads_in_transformers(hf_checkpoint, tmp_path):
   # And every tensor comes back bit-identical through our own loader.
   cfg2, params2 = models.load_hf(str(tmp_path))
   assert cfg2 == cfg
-  np.testing.assert_array_equal(params2["layers"]["mlp"]["up_proj"]["kernel"],
-                                params["layers"]["mlp"]["up_proj"]["kernel"])
+  np.testing.assert_array_equal(params2["layers_1"]["mlp"]["up_proj"]["kernel"],
+                                params["layers_1"]["mlp"]["up_proj"]["kernel"])
+  # The stacked layout (scan_layers) reads and writes the same tensors.
+  _, stacked = models.load_hf(str(tmp_path), scan_layers=True)
+  jax.tree.map(np.testing.assert_array_equal, models.unstack_layers(stacked), params)
+  models.save_hf(cfg.replace(scan_layers=True), stacked, str(tmp_path / "stacked"))
+  _, params3 = models.load_hf(str(tmp_path / "stacked"))
+  jax.tree.map(np.testing.assert_array_equal, params3, params)
 
 
 def test_sharded_bfloat16_checkpoint_round_trip(tmp_path):

@@ -130,3 +130,18 @@ def test_blockwise_causal_attention_matches_float64(block):
   ours, theirs = vjp(f32(q), f32(k), f32(v))
   for a, r in zip(ours, theirs):
     np.testing.assert_allclose(np.asarray(a), np.asarray(r), rtol=1e-4, atol=1e-5)
+
+
+def test_blockwise_causal_attention_bfloat16_gradients():
+  """Mixed precision: bf16 inputs give bf16 outputs and gradients close to the f32 ones."""
+  rng = np.random.default_rng(0)
+  b, t, h, kv, d = 2, 12, 4, 2, 16
+  q, k, v, g = (jnp.asarray(rng.normal(size=(b, t, n, d)), jnp.float32) for n in (h, kv, kv, h))
+  mask = decoder.attention_mask_4d(None, None, b, t)
+  f = lambda q, k, v, g: jax.vjp(
+      lambda q, k, v: layers.blockwise_causal_attention(q, k, v, mask, 5), q, k, v)[1](g)
+  low = jax.jit(f)(*(x.astype(jnp.bfloat16) for x in (q, k, v, g)))
+  high = jax.jit(f)(q, k, v, g)
+  for a, r in zip(low, high):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(r), rtol=0.1, atol=0.1)

@@ -15,7 +15,7 @@ from tests.conftest import random_params
 POLICY = models.preset("tiny", vocab_size=512, num_layers=2, hidden_size=64,
                        intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16,
                        initializer_range=0.2)
-BACKBONE = ("embed_tokens", "layers", "norm")
+BACKBONE = ("embed_tokens", "layers_0", "layers_1", "norm")
 
 
 def saved(tmp_path_factory, name, cfg, seed=0):

@@ -37,7 +37,7 @@ def test_gradients_are_clipped_before_adam():
   tx = optim.make_optimizer(OPT | {"clip_norm": 1.0, "b1": 0.9})
   params = {"w": jnp.ones(2)}
   _, state = tx.update({"w": jnp.array([30.0, 40.0])}, tx.init(params), params)
-  mu = state.inner_state[1][0].mu["w"]  # apply_if_finite -> chain(clip, adamw) -> scale_by_adam
+  mu = state.inner_state[1][0].mu["w"]  # skip_nonfinite -> chain(clip, adamw) -> scale_by_adam
   np.testing.assert_allclose(np.asarray(mu), 0.1 * np.array([0.6, 0.8]), rtol=1e-6)
 
 
@@ -45,11 +45,13 @@ def test_nonfinite_gradients_skip_the_update_and_count():
   tx = optim.make_optimizer(OPT | {"max_nonfinite_steps": 3})
   params = {"w": jnp.ones((2, 2))}
   state = tx.init(params)
-  bad = {"w": jnp.array([[jnp.nan, 1.0], [1.0, 1.0]])}
-  for streak in (1, 2):
-    updates, state = tx.update(bad, state, params)
+  before = state.inner_state
+  # A NaN, then a finite gradient whose squared norm overflows float32.
+  for streak, bad in [(1, jnp.array([[jnp.nan, 1.0], [1.0, 1.0]])), (2, jnp.full((2, 2), 1e30))]:
+    updates, state = tx.update({"w": bad}, state, params)
     assert (np.asarray(updates["w"]) == 0).all()
     assert int(optim.nonfinite_streak(state)) == streak
+    jax.tree.map(np.testing.assert_array_equal, state.inner_state, before)  # Adam's moments, count
   updates, state = tx.update({"w": jnp.ones((2, 2))}, state, params)
   assert int(optim.nonfinite_streak(state)) == 0 and int(optim.nonfinite_total(state)) == 2
 

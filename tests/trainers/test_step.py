@@ -36,10 +36,10 @@ def setup(mesh):
 def test_state_is_sharded_like_the_params():
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
   _, state, shardings, _ = setup(mesh)
-  q = ("layers", "self_attn", "q_proj", "kernel")
-  params_spec = shardings.params["layers"]["self_attn"]["q_proj"]["kernel"].spec
-  assert params_spec == PartitionSpec(None, "fsdp", "tensor", None)
-  adam = state.opt_state.inner_state[1][0]  # apply_if_finite -> chain -> adamw's scale_by_adam
+  q = ("layers_0", "self_attn", "q_proj", "kernel")
+  params_spec = shardings.params["layers_0"]["self_attn"]["q_proj"]["kernel"].spec
+  assert params_spec == PartitionSpec("fsdp", "tensor", None)
+  adam = state.opt_state.inner_state[1][0]  # skip_nonfinite -> chain -> adamw's scale_by_adam
   mu = adam.mu
   for key in q:
     mu = mu[key]
