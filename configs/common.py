@@ -91,9 +91,18 @@ def rollouts(num_samples: int = 8, temperature: float = 1.0, max_new_tokens: int
       "batch_size": batch_size})
 
 
-def post_training(config: ml_collections.ConfigDict, sft: ml_collections.ConfigDict) -> None:
-  """Fields of a method that starts from a policy: the nested SFT run that makes one (used when
-  `init_from`, a Hugging Face folder, is empty), its task and tokenizer, runtime model fields."""
+def post_training(config: ml_collections.ConfigDict, runlocal: bool) -> None:
+  """Fields of a method that starts from a policy: the nested SFT run of configs/sft_arith.py that
+  makes one (used when `init_from`, a Hugging Face folder, is empty), its task and tokenizer,
+  runtime model fields."""
+  from configs import sft_arith  # Not at the top: sft_arith imports this module.
+
+  sft = sft_arith.get_config("runlocal" if runlocal else None)
+  if runlocal:
+    # The method evaluates its starting policy itself (eval_at_start): the nested run's midway
+    # and pass@k evaluations would only add their sampling and compilation to a CPU minute.
+    sft.eval_every = 0
+    sft.eval.num_samples = 0
   config.sft = sft
   config.init_from = ""
   config.seed = 0
@@ -106,13 +115,11 @@ def post_training(config: ml_collections.ConfigDict, sft: ml_collections.ConfigD
 def reward_model(arg: str | None, *, loss: str) -> ml_collections.ConfigDict:
   """The ORM / PRM / HRM configs on arithmetic chains (trainer reward_model), `loss` their
   default."""
-  from configs import sft_arith  # Not at the top: sft_arith imports this module.
-
   arg = parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
   config.trainer = "reward_model"
   config.name = loss
-  post_training(config, sft_arith.get_config("runlocal" if arg.runlocal else None))
+  post_training(config, arg.runlocal)
   config.task.num_train = 1000  # Problems whose sampled solutions are labelled.
   config.rollouts = rollouts(num_samples=4)
   config.loss = loss  # orm, prm or hrm

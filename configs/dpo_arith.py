@@ -4,15 +4,16 @@
         --config.init_from=runs/sft_arith/hf
     python -m reasonjax.main --config=configs/dpo_arith.py:runlocal --workdir=/tmp/dpo
 
-Without `init_from`, the SFT run of configs/sft_arith.py (with the same arg) is trained first
-into workdir/sft. `--config.loss` picks any loss of `loss_kwargs` (the DPO family).
+Without `init_from`, the SFT run of configs/sft_arith.py (with the same arg; under runlocal it
+evaluates only greedily, at its end) is trained first into workdir/sft. `--config.loss` picks any
+loss of `loss_kwargs` (the DPO family).
 
 Args: `runlocal` (a small model, few pairs and steps: a CPU minute, for tests).
 """
 
 import ml_collections
 
-from configs import common, sft_arith
+from configs import common
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -20,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "dpo"
   config.name = "dpo"
-  common.post_training(config, sft_arith.get_config("runlocal" if arg.runlocal else None))
+  common.post_training(config, arg.runlocal)
   config.task.num_train = 2000  # Problems to sample pairs on.
   config.pairs = common.rollouts(num_samples=8)
   config.pairs.max_per_problem = 2

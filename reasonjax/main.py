@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -23,6 +24,12 @@ from reasonjax.trainers import loop
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+_CACHE = flags.DEFINE_string(
+    "compilation_cache",
+    os.environ.get("REASONJAX_COMPILATION_CACHE", os.path.join("~", ".cache", "reasonjax", "xla")),
+    "Directory of JAX's persistent compilation cache, shared by all runs: a resumed or repeated "
+    "run loads the programs it compiled before instead of compiling them again. Empty: off. "
+    "Default: $REASONJAX_COMPILATION_CACHE, else ~/.cache/reasonjax/xla.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,6 +39,8 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Libraries (orbax above all) log every save at INFO; --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
+  if _CACHE.value:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
   config = _CONFIG.value
   run = trainers.get(config.trainer)
   workdir = os.path.abspath(_WORKDIR.value)

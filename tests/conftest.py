@@ -15,6 +15,18 @@ import pytest  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the session, in this process and in the
+  `reasonjax.main` subprocesses: a program that several tests compile is compiled once. A fresh
+  directory, not the user's ~/.cache, so that a run does not depend on earlier ones."""
+  import jax
+  path = str(tmp_path_factory.mktemp("xla_cache"))
+  os.environ["REASONJAX_COMPILATION_CACHE"] = path
+  jax.config.update("jax_compilation_cache_dir", path)
+  return path
+
+
 def main_command(*flags, workdir) -> list[str]:
   """`python -m reasonjax.main --workdir=... *flags`, as a user runs it (from REPO)."""
   return [sys.executable, "-m", "reasonjax.main", f"--workdir={workdir}", *flags]

@@ -11,10 +11,12 @@ CONFIG = os.path.join(REPO, "configs", "model_report.py")
 
 
 def test_runlocal_runs_end_to_end(tmp_path):
+  cache = tmp_path / "xla_cache"
   out = run_main(f"--config={CONFIG}:runlocal", "--config.model.dtype=bfloat16",
-                 workdir=tmp_path)
+                 f"--compilation_cache={cache}", workdir=tmp_path)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "model report (tiny" in out.stdout
+  assert any(name.endswith("-cache") for name in os.listdir(cache))  # Compiled programs kept.
   with open(tmp_path / "config.json") as f:
     assert json.load(f)["model"]["dtype"] == "bfloat16"
   with open(tmp_path / "report.json") as f:
