@@ -193,10 +193,7 @@ def blockwise_causal_attention(q: Array, k: Array, v: Array, mask: Array, block:
   so that every product runs in the grouped layout, where XLA's own transpose of the forward
   re-laid out the score-sized tensors between its products.
   """
-  kv = k.shape[2]
-  out, _ = _blockwise_forward(_group_queries(q, kv), k.transpose(0, 2, 1, 3),
-                              v.transpose(0, 2, 1, 3), mask, block)
-  return _ungroup_queries(out)
+  return _blockwise_fwd(q, k, v, mask, block)[0]  # Unused residuals are dropped under jit.
 
 
 def _blockwise_fwd(q, k, v, mask, block):

@@ -66,9 +66,9 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
   give zero updates and leave `inner`'s state as it was.
 
   Unlike optax.apply_if_finite it has no branch: the update is always computed and then kept or
-  dropped with selects, which XLA fuses into the update's own loops. A `lax.cond` copies both
-  branches' results and hides the clip's global norm from the metrics' copy of it, which cost
-  three extra passes over the gradients. The finiteness test reuses that norm.
+  dropped with selects, which XLA fuses into the update's own loops. A `lax.cond` copies its
+  results, and its own pass over the gradients for NaNs and the clip's global norm inside the
+  branch could not be shared with the step's `grad_norm` metric; this test reuses that norm.
   """
 
   def init(params):
