@@ -251,7 +251,7 @@ def read_config(path: str) -> ModelConfig:
 
 
 def load_hf(path: str, *, param_dtype: str = "float32", scan_layers: bool = False,
-            shardings=None):
+            shardings=None, skip: tuple[str, ...] = ()):
   """Loads a local Hugging Face checkpoint folder.
 
   Args:
@@ -260,6 +260,8 @@ def load_hf(path: str, *, param_dtype: str = "float32", scan_layers: bool = Fals
     scan_layers: the layer layout of the returned tree (see `ModelConfig.scan_layers`).
     shardings: optional pytree of `jax.sharding.Sharding` matching the parameter tree (see
       `sharding.param_shardings`); each tensor is placed as soon as it is converted.
+    skip: top-level modules, e.g. ("lm_head",), that are neither converted nor returned: a head
+      the caller would drop (a reward model made from a policy).
 
   Returns:
     (ModelConfig, params): params is the `Model` parameter tree of jax arrays.
@@ -276,6 +278,9 @@ def load_hf(path: str, *, param_dtype: str = "float32", scan_layers: bool = Fals
     raise CheckpointError(f"{path}: checkpoint is missing {len(missing)} tensor(s) that a "
                           f"{cfg.family} model of this config needs: {missing[:8]}")
   for keys, name, shape, n_in in leaves:
+    if keys[0] in skip:
+      used.add(name)  # Heads are never per-layer tensors.
+      continue
     parts = []
     for i in range(cfg.num_layers) if "{i}" in name else [None]:
       full = name.format(i=i)

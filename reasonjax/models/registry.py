@@ -68,9 +68,9 @@ def _load_checkpoint(cfg: ModelConfig, path: str, rng: jax.Array, shardings):
   if shardings is not None:
     body_shardings = {k: v for k, v in shardings.items() if k not in heads}
     body_shardings |= {k: shardings.get(k) for k, present in saved_heads.items() if present}
+  unwanted = tuple(k for k, present in saved_heads.items() if present and not heads[k])
   _, params = load_hf(path, param_dtype=cfg.param_dtype, scan_layers=cfg.scan_layers,
-                      shardings=body_shardings)
-  params = {k: v for k, v in params.items() if not (k in heads and not heads[k])}
+                      shardings=body_shardings, skip=unwanted)
   missing = [k for k in heads if heads[k] and k not in params]
   if missing:
     # Only the new heads are computed: XLA drops the rest of the initialiser.

@@ -167,3 +167,12 @@ def test_save_rejects_flags_no_transformers_class_has(tmp_path):
   params = models.init_params(cfg, jax.random.key(0))
   with pytest.raises(ValueError, match="Qwen2 checkpoints have q/k/v biases"):
     models.save_hf(cfg, params, str(tmp_path))
+
+
+def test_skipped_head_is_neither_converted_nor_returned(tmp_path):
+  hf_model("llama").save_pretrained(tmp_path)  # Untied: it has an lm_head.
+  _, full = models.load_hf(str(tmp_path))
+  _, params = models.load_hf(str(tmp_path), skip=("lm_head",))
+  assert "lm_head" in full and "lm_head" not in params
+  jax.tree.map(np.testing.assert_array_equal, params,
+               {k: v for k, v in full.items() if k != "lm_head"})
