@@ -25,11 +25,11 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:ar
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 _CACHE = flags.DEFINE_string(
-    "compilation_cache",
-    os.environ.get("REASONJAX_COMPILATION_CACHE", os.path.join("~", ".cache", "reasonjax", "xla")),
+    "compilation_cache", None,
     "Directory of JAX's persistent compilation cache, shared by all runs: a resumed or repeated "
     "run loads the programs it compiled before instead of compiling them again. Empty: off. "
-    "Default: $REASONJAX_COMPILATION_CACHE, else ~/.cache/reasonjax/xla.")
+    "Default: JAX's own setting ($JAX_COMPILATION_CACHE_DIR) if any, else "
+    "~/.cache/reasonjax/xla.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,8 +39,10 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Libraries (orbax above all) log every save at INFO; --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
-  if _CACHE.value:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_CACHE.value))
+  cache = _CACHE.value
+  if cache is None:
+    cache = jax.config.jax_compilation_cache_dir or os.path.join("~", ".cache", "reasonjax", "xla")
+  jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache) if cache else None)
   config = _CONFIG.value
   run = trainers.get(config.trainer)
   workdir = os.path.abspath(_WORKDIR.value)

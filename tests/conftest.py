@@ -22,7 +22,7 @@ def compilation_cache(tmp_path_factory):
   directory, not the user's ~/.cache, so that a run does not depend on earlier ones."""
   import jax
   path = str(tmp_path_factory.mktemp("xla_cache"))
-  os.environ["REASONJAX_COMPILATION_CACHE"] = path
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   jax.config.update("jax_compilation_cache_dir", path)
   return path
 

@@ -11,9 +11,9 @@ CONFIG = os.path.join(REPO, "configs", "model_report.py")
 
 
 def test_runlocal_runs_end_to_end(tmp_path):
-  cache = tmp_path / "xla_cache"
+  cache = tmp_path / "xla_cache"  # JAX's own variable is the default of --compilation_cache.
   out = run_main(f"--config={CONFIG}:runlocal", "--config.model.dtype=bfloat16",
-                 f"--compilation_cache={cache}", workdir=tmp_path)
+                 workdir=tmp_path, env=os.environ | {"JAX_COMPILATION_CACHE_DIR": str(cache)})
   assert out.returncode == 0, out.stderr[-3000:]
   assert "model report (tiny" in out.stdout
   assert any(name.endswith("-cache") for name in os.listdir(cache))  # Compiled programs kept.

@@ -39,9 +39,9 @@ def start_run(workdir):
   """The SFT run as a user starts it: a subprocess of reasonjax.main."""
   command = main_command("--config=configs/sft_arith.py:runlocal",
                          *[f"--config.{k}={v}" for k, v in OVERRIDES.items()], workdir=workdir)
-  # A persistent compilation cache: the resumed processes skip recompiling the step.
-  env = os.environ | {"JAX_COMPILATION_CACHE_DIR": os.path.join(workdir, "..", "jax_cache"),
-                      "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+  # The session's compilation cache (conftest) lets the resumed processes skip recompiling;
+  # every program is kept, however fast it compiled.
+  env = os.environ | {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
   return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, env=env)
 
