@@ -10,14 +10,21 @@ rate schedule, the non-finite guard, no decay on norms and biases, and the token
 
     python benchmarks/train_step.py                   # tiny (16 x 256) and small (8 x 256)
     python benchmarks/train_step.py --shapes=tiny --runs=5 --batch=8 --seq_len=512
+    python benchmarks/train_step.py --host_memory=both   # torch with reasonjax's allocator too
+
+Each framework runs in a process of its own, as it would in use: no shared thread pools, no
+OpenMP threads of one spinning while the other works, and each with its own C-allocator
+settings. `--host_memory` picks those: `reasonjax` (default; each as it ships: reasonjax's
+`main` calls `host_memory.retain_freed_memory`, plain PyTorch keeps glibc's defaults), `both`
+or `neither`.
 
 Reports reasonjax's compilation time and the median of `--runs` timed steps after one warm-up
 step, the two frameworks' steps taken in turns so that load from other processes falls on both
 alike, tokens/s, the ratio torch_s / reasonjax_s (> 1: reasonjax is faster) and
 MFU: `models.flops_per_token(cfg, T) * B * T` per step over the machine's f32 matmul peak,
-measured just before each shape's steps with JAX (`metrics.matmul_peak_flops`) and with torch;
-the larger of the two is the denominator for both frameworks. Prints a table and writes JSON
-(default benchmarks/results/train_step.json).
+measured before and after each shape's steps with JAX (`metrics.matmul_peak_flops`) and with
+torch; the larger of the two is the denominator for both frameworks. Prints a table and writes
+JSON (default benchmarks/results/train_step.json).
 """
 
 from __future__ import annotations
@@ -25,21 +32,15 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import time
 
-import jax
 import numpy as np
-import torch
-import transformers
 
-from configs import common
-from reasonjax import metrics, models, sharding
-from reasonjax.trainers import optim
-from reasonjax.trainers import state as state_lib
-from reasonjax.trainers import step as step_lib
+from reasonjax import host_memory, models
 
 # Model dims are those of benchmarks/sampling.py's SHAPES, kept as the presets of the same name.
 SHAPES = {
@@ -48,13 +49,9 @@ SHAPES = {
 }
 OPTIMIZER = {"learning_rate": 1e-4, "warmup_steps": 10, "total_steps": 1000}
 PEAK_SIZE = 2048
-
-
-def torch_matmul_peak_flops(size: int = PEAK_SIZE, repeats: int = 5) -> float:
-  """FLOP/s of a float32 `size`^3 torch matmul, median of `repeats` after one warm-up."""
-  a = torch.ones((size, size), dtype=torch.float32)
-  seconds = interleaved_times({"matmul": lambda: torch.matmul(a, a)[0, 0]}, repeats)["matmul"]
-  return 2 * size**3 / seconds
+# Between two timed steps: lets the last step's OpenMP threads stop spinning (libgomp spins
+# for a while after a parallel region) before the other framework starts.
+PAUSE_S = 0.5
 
 
 def make_batch(vocab_size: int, batch: int, length: int) -> dict[str, np.ndarray]:
@@ -67,8 +64,16 @@ def make_batch(vocab_size: int, batch: int, length: int) -> dict[str, np.ndarray
 
 
 def reasonjax_step(cfg: models.ModelConfig, batch_np: dict):
-  """(thunk, compile seconds): the library's jitted, donated SFT step, compiled; the thunk runs
-  one step and waits for it."""
+  """(thunk, compile seconds, versions): the library's jitted, donated SFT step, compiled; the
+  thunk runs one step and waits for it."""
+  import jax
+
+  from configs import common
+  from reasonjax import sharding
+  from reasonjax.trainers import optim
+  from reasonjax.trainers import state as state_lib
+  from reasonjax.trainers import step as step_lib
+
   mesh = sharding.make_mesh(data=-1, fsdp=1, tensor=1)
   rules = common.AXIS_RULES
   tx = optim.make_optimizer(OPTIMIZER)
@@ -87,13 +92,17 @@ def reasonjax_step(cfg: models.ModelConfig, batch_np: dict):
     new_state, step_metrics = compiled(holder["state"], batch)
     holder["state"] = new_state  # The input state was donated.
     jax.block_until_ready((new_state, step_metrics))
-    return step_metrics["loss"]
+    return float(step_metrics["loss"])
 
-  return one_step, compile_s
+  return one_step, compile_s, {"jax": jax.__version__, "jax_backend": jax.default_backend()}
 
 
 def torch_step(cfg: models.ModelConfig, batch_np: dict):
-  """The same SFT step in PyTorch (transformers Qwen2, sdpa, AdamW) as a thunk."""
+  """(thunk, None, versions): the same SFT step in PyTorch (transformers Qwen2, sdpa, AdamW)."""
+  import torch
+  import transformers
+
+  torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   hf_cfg = transformers.Qwen2Config(
       vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size,
@@ -119,62 +128,120 @@ def torch_step(cfg: models.ModelConfig, batch_np: dict):
     opt.zero_grad(set_to_none=True)
     return loss.item()
 
-  return one_step
+  return one_step, None, {"torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                          "transformers": transformers.__version__}
 
 
-def interleaved_times(steps: dict, runs: int) -> dict[str, float]:
-  """Median seconds of `runs` calls of each thunk after one warm-up call, the calls taken in
-  turns so that load from other processes falls on every framework alike."""
-  times = {k: [] for k in steps}
-  for name, fn in steps.items():
-    assert np.isfinite(float(fn())), name
-  for _ in range(runs):
-    for name, fn in steps.items():
-      start = time.perf_counter()
-      fn()
-      times[name].append(time.perf_counter() - start)
-  return {k: statistics.median(v) for k, v in times.items()}
+def jax_matmul_peak() -> float:
+  from reasonjax import metrics
+  return metrics.matmul_peak_flops("float32", size=PEAK_SIZE)
 
 
-def matmul_peaks() -> dict[str, float]:
-  """The f32 `PEAK_SIZE`^3 matmul FLOP/s of JAX and of torch, measured now."""
-  return {"jax": metrics.matmul_peak_flops("float32", size=PEAK_SIZE),
-          "torch": torch_matmul_peak_flops(PEAK_SIZE)}
+def torch_matmul_peak(repeats: int = 5) -> float:
+  """FLOP/s of a float32 `PEAK_SIZE`^3 torch matmul, median of `repeats` after one warm-up."""
+  import torch
+  a = torch.ones((PEAK_SIZE, PEAK_SIZE), dtype=torch.float32)
+  torch.matmul(a, a)
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    torch.matmul(a, a)
+    times.append(time.perf_counter() - start)
+  return 2 * PEAK_SIZE**3 / statistics.median(times)
 
 
-def run_shape(name: str, spec: dict, runs: int) -> dict:
+FRAMEWORKS = {"reasonjax": (reasonjax_step, jax_matmul_peak),
+              "torch": (torch_step, torch_matmul_peak)}
+
+
+def serve(framework: str, cfg: models.ModelConfig, batch_np: dict, retain: bool, conn) -> None:
+  """A worker process's body: builds the framework's step, runs one warm-up step, then answers
+  "step" (seconds of one step) and "peak" (matmul FLOP/s) until "stop"."""
+  if retain:
+    host_memory.retain_freed_memory()
+  build, peak = FRAMEWORKS[framework]
+  one_step, compile_s, versions = build(cfg, batch_np)
+  loss = one_step()
+  assert np.isfinite(loss), (framework, loss)
+  conn.send({"compile_s": compile_s, "first_loss": loss, "retain_host_memory": retain,
+             **versions})
+  for command in iter(conn.recv, "stop"):
+    start = time.perf_counter()
+    if command == "step":
+      one_step()
+      conn.send(time.perf_counter() - start)
+    else:
+      conn.send(peak())
+
+
+class Worker:
+  """One framework's step in a spawned process; the constructor waits until it is built."""
+
+  def __init__(self, framework: str, cfg: models.ModelConfig, batch_np: dict, retain: bool):
+    context = multiprocessing.get_context("spawn")
+    self.conn, child = context.Pipe()
+    self.process = context.Process(target=serve, args=(framework, cfg, batch_np, retain, child),
+                                   daemon=True)
+    self.process.start()
+    self.info = self.conn.recv()
+
+  def ask(self, command: str) -> float:
+    self.conn.send(command)
+    return self.conn.recv()
+
+  def close(self) -> None:
+    self.conn.send("stop")
+    self.process.join()
+
+
+def run_shape(name: str, spec: dict, runs: int, host_memory_mode: str) -> dict:
   cfg = models.preset(spec["preset"])
   batch, length = spec["batch"], spec["seq_len"]
   batch_np = make_batch(cfg.vocab_size, batch, length)
   step_flops = models.flops_per_token(cfg, length) * batch * length
   load_before = os.getloadavg()[0]
-  # Measured next to the steps, before and after them, keeping the faster: the load of other
-  # processes changes it within a run, and a peak taken in a slow moment gave MFUs above 1.
-  before = matmul_peaks()
-  ours, compile_s = reasonjax_step(cfg, batch_np)
-  median = interleaved_times({"reasonjax": ours, "torch": torch_step(cfg, batch_np)}, runs)
-  peaks = {k: max(v, before[k]) for k, v in matmul_peaks().items()}
+  retain = {"reasonjax": host_memory_mode in ("reasonjax", "both"),
+            "torch": host_memory_mode == "both"}
+  workers = {}
+  try:
+    for framework in FRAMEWORKS:  # One at a time, so that compilation is timed alone.
+      workers[framework] = Worker(framework, cfg, batch_np, retain[framework])
+    # The peak is measured before and after the steps, keeping the faster: the load of other
+    # processes changes it within a run, and a peak taken in a slow moment gave MFUs above 1.
+    before = {k: w.ask("peak") for k, w in workers.items()}
+    times = {k: [] for k in workers}
+    for _ in range(runs):
+      for k, w in workers.items():
+        time.sleep(PAUSE_S)
+        times[k].append(w.ask("step"))
+    peaks = {k: max(w.ask("peak"), before[k]) for k, w in workers.items()}
+  finally:
+    for w in workers.values():
+      w.close()
   peak = max(peaks.values())
-  print(f"  f32 {PEAK_SIZE}^3 matmul peak: jax {peaks['jax'] / 1e9:.1f}, torch "
+  print(f"  f32 {PEAK_SIZE}^3 matmul peak: jax {peaks['reasonjax'] / 1e9:.1f}, torch "
         f"{peaks['torch'] / 1e9:.1f} GFLOP/s", flush=True)
-  ours_s, theirs_s = median["reasonjax"], median["torch"]
+  ours_s, theirs_s = (statistics.median(times[k]) for k in ("reasonjax", "torch"))
   tokens = batch * length
   row = {
       "shape": name, "params": models.param_count(cfg), "batch": batch, "seq_len": length,
-      "gflop_per_step": round(step_flops / 1e9, 1),
+      "gflop_per_step": round(step_flops / 1e9, 1), "host_memory": host_memory_mode,
       "reasonjax_step_s": round(ours_s, 4), "torch_step_s": round(theirs_s, 4),
       "speedup": round(theirs_s / ours_s, 2),
+      "reasonjax_steps_s": [round(t, 3) for t in times["reasonjax"]],
+      "torch_steps_s": [round(t, 3) for t in times["torch"]],
       "reasonjax_tok_s": round(tokens / ours_s, 1), "torch_tok_s": round(tokens / theirs_s, 1),
       "reasonjax_gflop_s": round(step_flops / ours_s / 1e9, 1),
       "torch_gflop_s": round(step_flops / theirs_s / 1e9, 1),
       "reasonjax_mfu": round(step_flops / ours_s / peak, 3),
       "torch_mfu": round(step_flops / theirs_s / peak, 3),
-      "reasonjax_compile_s": round(compile_s, 2),
-      "jax_matmul_peak_gflop_s": round(peaks["jax"] / 1e9, 1),
+      "reasonjax_compile_s": round(workers["reasonjax"].info["compile_s"], 2),
+      "jax_matmul_peak_gflop_s": round(peaks["reasonjax"] / 1e9, 1),
       "torch_matmul_peak_gflop_s": round(peaks["torch"] / 1e9, 1),
       # Other processes' load slows both steps (torch's spinning OpenMP threads the more): kept
       # so that runs can be compared.
       "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+      "workers": {k: w.info for k, w in workers.items()},
   }
   print(f"  {name}: {row}", flush=True)
   return row
@@ -186,19 +253,19 @@ def main():
   parser.add_argument("--runs", type=int, default=3)
   parser.add_argument("--batch", type=int, default=None, help="override every shape's batch")
   parser.add_argument("--seq_len", type=int, default=None, help="override every shape's T")
+  parser.add_argument("--host_memory", choices=("reasonjax", "both", "neither"),
+                      default="reasonjax", help="which workers call retain_freed_memory")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "train_step.json"))
   args = parser.parse_args()
-  torch.set_num_threads(os.cpu_count())
-  print(f"jax {jax.__version__} ({jax.default_backend()}), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {os.cpu_count()} CPUs", flush=True)
+  print(f"{os.cpu_count()} CPUs, host memory: {args.host_memory}", flush=True)
   rows = []
   for name in args.shapes.split(","):
     if name not in SHAPES:
       raise ValueError(f"unknown shape {name!r}; valid: {sorted(SHAPES)}")
     spec = SHAPES[name] | {k: v for k in ("batch", "seq_len")
                            if (v := getattr(args, k)) is not None}
-    rows.append(run_shape(name, spec, args.runs))
+    rows.append(run_shape(name, spec, args.runs, args.host_memory))
   header = ("shape", "batch", "seq_len", "reasonjax_step_s", "torch_step_s", "speedup",
             "reasonjax_tok_s", "torch_tok_s", "reasonjax_mfu", "torch_mfu",
             "jax_matmul_peak_gflop_s", "torch_matmul_peak_gflop_s", "reasonjax_compile_s")
@@ -208,11 +275,9 @@ def main():
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump({"rows": rows, "runs": args.runs, "matmul_peak_size": PEAK_SIZE,
+               "pause_between_steps_s": PAUSE_S,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                           "processor": platform.processor(), "jax": jax.__version__,
-                           "jax_backend": jax.default_backend(), "torch": torch.__version__,
-                           "torch_threads": torch.get_num_threads(),
-                           "transformers": transformers.__version__}}, f, indent=2)
+                           "processor": platform.processor()}}, f, indent=2)
   print(f"wrote {args.out}")
 
 

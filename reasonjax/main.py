@@ -18,7 +18,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reasonjax import trainers
+from reasonjax import host_memory, trainers
 from reasonjax.trainers import loop
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].",
@@ -30,12 +30,19 @@ _CACHE = flags.DEFINE_string(
     "run loads the programs it compiled before instead of compiling them again. Empty: off. "
     "Default: JAX's own setting ($JAX_COMPILATION_CACHE_DIR) if any, else "
     "~/.cache/reasonjax/xla.")
+_RETAIN = flags.DEFINE_bool(
+    "retain_host_memory", True,
+    "Keep freed host memory mapped for reuse (`host_memory.retain_freed_memory`). On CPU, XLA "
+    "otherwise maps and faults in a fresh temporary buffer every step; resident memory then "
+    "stays at its peak.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _RETAIN.value:
+    host_memory.retain_freed_memory()  # Before JAX's backend starts its threads.
   if not flags.FLAGS["verbosity"].present:
     # Libraries (orbax above all) log every save at INFO; --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
