@@ -42,6 +42,9 @@ import numpy as np
 
 from reasonjax import host_memory, models
 
+# torch is imported, and JAX's backend first used, only inside the functions below: each worker
+# process starts the threads and allocator caches of its own framework alone.
+
 # Model dims are those of benchmarks/sampling.py's SHAPES, kept as the presets of the same name.
 SHAPES = {
     "tiny": dict(preset="tiny", batch=16, seq_len=256),
