@@ -193,7 +193,8 @@ class Worker:
     return self.conn.recv()
 
   def close(self) -> None:
-    self.conn.send("stop")
+    if self.process.is_alive():  # A worker that failed has exited; its error is what counts.
+      self.conn.send("stop")
     self.process.join()
 
 
