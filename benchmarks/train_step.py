@@ -169,12 +169,14 @@ def serve(framework: str, cfg: models.ModelConfig, batch_np: dict, retain: bool,
   conn.send({"compile_s": compile_s, "first_loss": loss, "retain_host_memory": retain,
              **versions})
   for command in iter(conn.recv, "stop"):
-    start = time.perf_counter()
     if command == "step":
+      start = time.perf_counter()
       one_step()
       conn.send(time.perf_counter() - start)
-    else:
+    elif command == "peak":
       conn.send(peak())
+    else:
+      raise ValueError(f"unknown command {command!r}; valid: step, peak, stop")
 
 
 class Worker:
