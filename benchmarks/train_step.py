@@ -19,8 +19,10 @@ settings. `--host_memory` picks those: `reasonjax` (default; each as it ships: r
 or `neither`.
 
 Reports reasonjax's compilation time and the median of `--runs` timed steps after one warm-up
-step, the two frameworks' steps taken in turns so that load from other processes falls on both
-alike, tokens/s, the ratio torch_s / reasonjax_s (> 1: reasonjax is faster) and
+step (default: 15 for tiny, 5 for small), the two frameworks' steps taken in turns, in alternating
+order, so that load from other processes falls on both alike; tokens/s; the speedup, the median
+over rounds of torch_s / reasonjax_s (> 1: reasonjax is faster), with its quartiles: a ratio
+within a round cancels the machine's slow drifts, which move single steps by 10-25%; and
 MFU: `models.flops_per_token(cfg, T) * B * T` per step over the machine's f32 matmul peak,
 measured before and after each shape's steps with JAX (`metrics.matmul_peak_flops`) and with
 torch; the larger of the two is the denominator for both frameworks. Prints a table and writes
@@ -47,8 +49,8 @@ from reasonjax import host_memory, models
 
 # Model dims are those of benchmarks/sampling.py's SHAPES, kept as the presets of the same name.
 SHAPES = {
-    "tiny": dict(preset="tiny", batch=16, seq_len=256),
-    "small": dict(preset="small", batch=8, seq_len=256),
+    "tiny": dict(preset="tiny", batch=16, seq_len=256, runs=15),
+    "small": dict(preset="small", batch=8, seq_len=256, runs=5),
 }
 OPTIMIZER = {"learning_rate": 1e-4, "warmup_steps": 10, "total_steps": 1000}
 PEAK_SIZE = 2048
@@ -200,9 +202,9 @@ class Worker:
     self.process.join()
 
 
-def run_shape(name: str, spec: dict, runs: int, host_memory_mode: str) -> dict:
+def run_shape(name: str, spec: dict, host_memory_mode: str) -> dict:
   cfg = models.preset(spec["preset"])
-  batch, length = spec["batch"], spec["seq_len"]
+  batch, length, runs = spec["batch"], spec["seq_len"], spec["runs"]
   batch_np = make_batch(cfg.vocab_size, batch, length)
   step_flops = models.flops_per_token(cfg, length) * batch * length
   load_before = os.getloadavg()[0]
@@ -216,10 +218,11 @@ def run_shape(name: str, spec: dict, runs: int, host_memory_mode: str) -> dict:
     # processes changes it within a run, and a peak taken in a slow moment gave MFUs above 1.
     before = {k: w.ask("peak") for k, w in workers.items()}
     times = {k: [] for k in workers}
-    for _ in range(runs):
-      for k, w in workers.items():
+    for round_ in range(runs):
+      # Alternating who goes first: neither framework always runs right after the other.
+      for k in list(workers)[::1 if round_ % 2 == 0 else -1]:
         time.sleep(PAUSE_S)
-        times[k].append(w.ask("step"))
+        times[k].append(workers[k].ask("step"))
     peaks = {k: max(w.ask("peak"), before[k]) for k, w in workers.items()}
   finally:
     for w in workers.values():
@@ -228,12 +231,15 @@ def run_shape(name: str, spec: dict, runs: int, host_memory_mode: str) -> dict:
   print(f"  f32 {PEAK_SIZE}^3 matmul peak: jax {peaks['reasonjax'] / 1e9:.1f}, torch "
         f"{peaks['torch'] / 1e9:.1f} GFLOP/s", flush=True)
   ours_s, theirs_s = (statistics.median(times[k]) for k in ("reasonjax", "torch"))
+  ratios = [theirs / ours for ours, theirs in zip(times["reasonjax"], times["torch"])]
+  quartiles = statistics.quantiles(ratios, n=4) if runs > 1 else ratios * 3
   tokens = batch * length
   row = {
       "shape": name, "params": models.param_count(cfg), "batch": batch, "seq_len": length,
       "gflop_per_step": round(step_flops / 1e9, 1), "host_memory": host_memory_mode,
       "reasonjax_step_s": round(ours_s, 4), "torch_step_s": round(theirs_s, 4),
-      "speedup": round(theirs_s / ours_s, 2),
+      "speedup": round(statistics.median(ratios), 2),
+      "speedup_q1_q3": [round(quartiles[0], 2), round(quartiles[2], 2)],
       "reasonjax_steps_s": [round(t, 3) for t in times["reasonjax"]],
       "torch_steps_s": [round(t, 3) for t in times["torch"]],
       "reasonjax_tok_s": round(tokens / ours_s, 1), "torch_tok_s": round(tokens / theirs_s, 1),
@@ -256,7 +262,7 @@ def run_shape(name: str, spec: dict, runs: int, host_memory_mode: str) -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shapes", default="tiny,small")
-  parser.add_argument("--runs", type=int, default=3)
+  parser.add_argument("--runs", type=int, default=None, help="override every shape's runs")
   parser.add_argument("--batch", type=int, default=None, help="override every shape's batch")
   parser.add_argument("--seq_len", type=int, default=None, help="override every shape's T")
   parser.add_argument("--host_memory", choices=("reasonjax", "both", "neither"),
@@ -269,10 +275,11 @@ def main():
   for name in args.shapes.split(","):
     if name not in SHAPES:
       raise ValueError(f"unknown shape {name!r}; valid: {sorted(SHAPES)}")
-    spec = SHAPES[name] | {k: v for k in ("batch", "seq_len")
+    spec = SHAPES[name] | {k: v for k in ("batch", "seq_len", "runs")
                            if (v := getattr(args, k)) is not None}
-    rows.append(run_shape(name, spec, args.runs, args.host_memory))
+    rows.append(run_shape(name, spec, args.host_memory))
   header = ("shape", "batch", "seq_len", "reasonjax_step_s", "torch_step_s", "speedup",
+            "speedup_q1_q3",
             "reasonjax_tok_s", "torch_tok_s", "reasonjax_mfu", "torch_mfu",
             "jax_matmul_peak_gflop_s", "torch_matmul_peak_gflop_s", "reasonjax_compile_s")
   print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
@@ -280,7 +287,7 @@ def main():
     print("| " + " | ".join(str(r[h]) for h in header) + " |")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"rows": rows, "runs": args.runs, "matmul_peak_size": PEAK_SIZE,
+    json.dump({"rows": rows, "matmul_peak_size": PEAK_SIZE,
                "pause_between_steps_s": PAUSE_S,
                "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                            "processor": platform.processor()}}, f, indent=2)
