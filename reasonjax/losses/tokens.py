@@ -25,6 +25,14 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
   return picked - jax.nn.logsumexp(logits, axis=-1)
 
 
+def token_entropy(logits: Array) -> Array:
+  """Entropy of softmax(logits) at each position: logsumexp(z) - sum_v p_v z_v.
+  [B, T, V] -> [B, T] float32."""
+  logits = at_least_f32(logits)
+  probs = jax.nn.softmax(logits, axis=-1)
+  return jax.nn.logsumexp(logits, axis=-1) - jnp.sum(probs * logits, axis=-1)
+
+
 def sequence_logprobs(logits: Array, targets: Array, mask: Array) -> Array:
   """sum_t mask * log p(target_t): a sequence's log-probability. -> [B] float32."""
   return jnp.sum(token_logprobs(logits, targets) * mask, axis=-1)

@@ -59,3 +59,18 @@ def test_token_and_sequence_logprobs():
   np.testing.assert_allclose(np.asarray(tokens.token_logprobs(logits, targets)), ref, atol=1e-5)
   np.testing.assert_allclose(np.asarray(tokens.sequence_logprobs(logits, targets, mask)),
                              (ref * mask).sum(-1), atol=1e-5)
+
+
+def test_token_entropy():
+  logits = RNG.normal(size=(2, 3, 7)) * 4
+  ref = np.zeros((2, 3))
+  for b in range(2):
+    for t in range(3):
+      p = np.exp(logits[b, t] - logits[b, t].max())
+      p /= p.sum()
+      ref[b, t] = -(p * np.log(p)).sum()
+  np.testing.assert_allclose(np.asarray(tokens.token_entropy(logits)), ref, atol=1e-5)
+  one_hot = np.full((1, 1, 5), -1e4)
+  one_hot[..., 2] = 0.0  # a certain distribution has no entropy; a uniform one log(V)
+  assert float(tokens.token_entropy(one_hot)[0, 0]) == pytest.approx(0.0, abs=1e-6)
+  assert float(tokens.token_entropy(np.zeros((1, 1, 5)))[0, 0]) == pytest.approx(np.log(5))
