@@ -42,6 +42,7 @@ setuptools.setup(
             "nbclient>=0.10,<1",  # executes the colabs
             "nbformat>=5.9,<6",
             "ipykernel>=6.29,<8",
+            "matplotlib>=3.8,<4",  # the colabs' plots
             # The only torch that installs as a CPU wheel on the CI machines; any other spec pulls CUDA.
             "torch==2.13.0",
         ],

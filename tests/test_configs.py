@@ -98,3 +98,20 @@ def test_reward_model_runlocal_learns_its_labels(name, sft_workdir, tmp_path):
   evals = _rows(tmp_path, "eval/accuracy")
   assert [r["step"] for r in evals] == [0, 20]  # Before (eval_at_start) and after.
   assert evals[-1]["eval/accuracy"] > evals[0]["eval/accuracy"]
+
+
+def test_grpo_arith_runlocal_trains_on_its_own_samples(sft_workdir, tmp_path):
+  _run("grpo_arith", tmp_path, f"--config.init_from={sft_workdir}/hf")
+  train = _rows(tmp_path, "logprob_gap_max")
+  assert [r["step"] for r in train] == list(range(1, 9))  # one update per iteration
+  # The sampler's log-probs are the trainer's up to float32 rounding (measured: max 6e-6).
+  assert max(r["logprob_gap_max"] for r in train) < 1e-4
+  assert train[0]["kl"] == 0.0 < train[-1]["kl"]  # starts at the reference, then moves
+  assert all(0 <= r["rollout_zero_variance_groups"] <= 1 for r in train)
+  assert all(r["rollout_reward_mean"] == r["rollout_reward_correctness"] for r in train)
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    results = json.load(f)
+  with open(os.path.join(tmp_path, "start_eval.json")) as f:
+    assert results["sft_accuracy"] == json.load(f)["accuracy"]
+  final = _rows(tmp_path, "eval/accuracy")[-1]
+  assert results["grpo_accuracy"] == final["eval/accuracy"] and final["step"] == 8

@@ -88,6 +88,14 @@ def _alarm(signum, frame):
   raise _Timeout()
 
 
+def _ignore_stop_signals():
+  """In grading workers: Ctrl-C in a terminal (or `timeout`) signals the whole process group,
+  and a worker killed mid-task would leave the trainer waiting for its results while it saves
+  its checkpoint. The trainer ends the workers itself (`Scorer.close`)."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _grade(args) -> tuple[dict[str, float], str | None, str | None]:
   """(per-completion rewards, extracted answer, failure kind) for one completion, in a worker."""
   verifier, problem, text, max_chars, timeout_s = args
@@ -148,7 +156,8 @@ class Scorer:
     if self.num_workers == 0:
       return [_grade(item) for item in items]
     if self._pool is None:
-      self._pool = multiprocessing.get_context("spawn").Pool(self.num_workers)
+      self._pool = multiprocessing.get_context("spawn").Pool(self.num_workers,
+                                                             initializer=_ignore_stop_signals)
     pending = self._pool.map_async(_grade, items, chunksize=max(1, len(items) // (
         4 * self.num_workers)))
     # Alarms stop slow Python code in the workers; this margin catches code that ignores them.

@@ -2,13 +2,14 @@
 
 from collections.abc import Callable
 
-from reasonjax.trainers import dpo, model_report, reward_model, sft
+from reasonjax.trainers import dpo, grpo, model_report, reward_model, sft
 
 TRAINERS: dict[str, Callable] = {
     "model_report": model_report.run,
     "sft": sft.run,
     "dpo": dpo.run,
     "reward_model": reward_model.run,
+    "grpo": grpo.run,
 }
 
 

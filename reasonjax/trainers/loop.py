@@ -83,6 +83,11 @@ def batch_fingerprint(batch: dict[str, np.ndarray]) -> int:
   return crc
 
 
+def _next_batch(batches, state: state_lib.TrainState) -> dict[str, np.ndarray]:
+  """An on-policy source samples with the parameters of the step just dispatched."""
+  return batches.next_batch(state.params) if hasattr(batches, "next_batch") else next(batches)
+
+
 def _as_floats(tree: dict[str, Any]) -> dict[str, float]:
   return {k: float(v) for k, v in tree.items()}
 
@@ -98,7 +103,9 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     workdir: run directory: checkpoints/, metrics.jsonl, tensorboard/.
     cfg: the model's ModelConfig.
     loss_fn: `loss_fn(params, batch, rng, frozen) -> (loss, (weight, metrics))` (see `step`).
-    batches: a checkpointable iterator of host batches (`data.batching.batches`).
+    batches: a checkpointable iterator of host batches (`data.batching.batches`), or an
+      on-policy source (`grpo.Rollouts`) whose `next_batch(params)` samples with the current
+      parameters.
     params: initial parameters (e.g. from a checkpoint); None initialises them randomly.
     frozen: parameters the loss reads but does not train (a reference model), placed like
       `params`.
@@ -131,7 +138,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     del frozen
     step = int(state.step)
     data_state = batches.get_state()  # The position after the last trained batch.
-    host_batch = next(batches) if step < config.steps else None
+    host_batch = _next_batch(batches, state) if step < config.steps else None
     batch_shardings = (sharding.batch_shardings(host_batch, mesh, rules)
                        if host_batch is not None else None)
     train_step = step_lib.jit_train_step(
@@ -192,9 +199,10 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
               state, sharding.put_batch(host_batch, batch_shardings), *frozen_args)
           step += 1
           data_state = batches.get_state()
-          host_batch = next(batches) if step < config.steps else None
           if pending is not None:  # Read step N-1's metrics while step N runs.
             report(*pending)
+          # After the report: an on-policy source waits for step N to sample with its result.
+          host_batch = _next_batch(batches, state) if step < config.steps else None
           pending = (step, device_metrics, fingerprint)
           save = step % config.checkpoint_every == 0 or step == config.steps
           evaluate_now = (evaluate is not None and config.eval_every

@@ -83,6 +83,26 @@ def test_errors_and_timeouts_score_zero_and_are_counted(num_workers):
   scorer.close()
 
 
+def test_workers_outlive_a_signal_to_the_process_group():
+  """Ctrl-C or `timeout` signals every process of the group: grading workers must keep going, so
+  that the trainer can finish its step and save its checkpoint."""
+  import os
+  import signal
+  scorer = scoring.Scorer(scoring.TaskVerifier(TASK), {"correctness": 1.0}, num_workers=2)
+  texts = [p.solution for p in PROBLEMS]
+  np.testing.assert_array_equal(scorer(PROBLEMS, texts)[0], 1.0)  # starts the pool
+  workers = [w.pid for w in scorer._pool._pool]
+  for pid in workers:
+    os.kill(pid, signal.SIGINT)
+    os.kill(pid, signal.SIGTERM)
+  time.sleep(1.0)
+  assert [w.pid for w in scorer._pool._pool] == workers  # none died (and none was replaced)
+  start = time.monotonic()
+  np.testing.assert_array_equal(scorer(PROBLEMS, texts)[0], 1.0)
+  assert time.monotonic() - start < 10
+  scorer.close()
+
+
 def test_gsm8k_and_math_verifiers():
   gsm = scoring.Gsm8kVerifier()
   problem = Problem("q", "1000", "")

@@ -1,0 +1,64 @@
+"""GRPO on arithmetic chains from the SFT policy, rewarded by the task's answer check.
+
+    python -m reasonjax.main --config=configs/grpo_arith.py --workdir=runs/grpo_arith \
+        --config.init_from=runs/sft_arith/hf
+    python -m reasonjax.main --config=configs/grpo_arith.py:runlocal --workdir=/tmp/grpo
+
+Without `init_from`, the SFT run of configs/sft_arith.py (with the same arg) is trained first
+into workdir/sft. The variants are config changes: DAPO is `--config.aggregation=dapo
+--config.loss.epsilon_high=0.28 --config.loss.beta=0`; Dr. GRPO `--config.aggregation=dr_grpo
+--config.advantage.scale=none`; GSPO `--config.loss.importance=sequence
+--config.loss.epsilon_low=3e-4 --config.loss.epsilon_high=4e-4`; RLOO
+`--config.advantage.leave_one_out=True --config.advantage.scale=none`.
+
+Args: `runlocal` (a small model, a few iterations: a CPU minute, for tests).
+"""
+
+import ml_collections
+
+from configs import common
+
+
+def grpo(config: ml_collections.ConfigDict) -> None:
+  """The GRPO fields (reasonjax/trainers/grpo.py) with their defaults."""
+  config.trainer = "grpo"
+  config.rollouts = ml_collections.ConfigDict({
+      "prompts": 16, "num_samples": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64})
+  # Weights of rewards.scoring.REWARDS (all listed, so that any can be set from the command line).
+  config.rewards = ml_collections.ConfigDict({
+      "correctness": 1.0, "format": 0.0, "brevity": 0.0, "self_consistency": 0.0})
+  config.scorer_workers = 2
+  config.advantage = ml_collections.ConfigDict({"scale": "group", "leave_one_out": False})
+  config.aggregation = "grpo"  # grpo, bnpo, dr_grpo or dapo
+  config.loss = ml_collections.ConfigDict({
+      "importance": "token", "epsilon_low": 0.2, "epsilon_high": 0.2, "dual_clip": 0.0,
+      "beta": 0.04, "kl_estimator": "k3", "entropy_coef": 0.0})
+  config.epochs = 1  # mu: passes over each iteration's rollouts
+  config.minibatches = 1  # optimizer steps per pass
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, runlocal=False)
+  config = ml_collections.ConfigDict()
+  config.name = "grpo"
+  common.post_training(config, arg.runlocal)
+  grpo(config)
+  # steps = iterations * epochs * minibatches
+  loop(config, steps=200, seq_len=128, learning_rate=5e-5, warmup_steps=10, eval_every=50,
+       checkpoint_every=50)
+  config.eval = common.evaluation()
+  if arg.runlocal:
+    config.rollouts.update({"prompts": 8, "num_samples": 4, "max_new_tokens": 48})
+    loop(config, steps=8, seq_len=96, learning_rate=5e-5, warmup_steps=1, log_every=1,
+         checkpoint_every=4)
+    config.scorer_workers = 0  # grade in the trainer: spawning workers costs more than 32 texts
+    config.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=4, k=4)
+  return config
+
+
+def loop(config: ml_collections.ConfigDict, **kwargs) -> None:
+  """`common.loop` without batch_size: a minibatch is rollouts.prompts * rollouts.num_samples /
+  minibatches rows. No weight decay: it would pull the policy towards zero, not the reference."""
+  common.loop(config, batch_size=0, **kwargs)
+  del config["batch_size"]
+  config.optimizer.weight_decay = 0.0

@@ -1,0 +1,255 @@
+"""Online RL with verifiable rewards: GRPO and its variants (DAPO, Dr. GRPO, GSPO, RLOO).
+
+    python -m reasonjax.main --config=configs/grpo_arith.py --workdir=runs/grpo
+
+Each iteration takes `rollouts.prompts` training problems and samples `rollouts.num_samples`
+completions of each with the jitted sampler, reading the very parameter arrays the train step
+updates (no copy to an inference engine, so nothing to keep in sync). The completions are
+decoded and scored on the host by `rewards.scoring.Scorer` worker processes; the rewards become
+group-relative advantages (`losses.policy.group_advantages`), and the iteration's rows are
+trained on for `epochs` epochs of `minibatches` jitted steps each (`losses.policy`), with the
+sampler's log-probs as the old policy. The frozen reference is the starting policy.
+
+The starting policy is `config.init_from` (a Hugging Face folder) or the export of the nested
+SFT run `config.sft`, trained first into `workdir/sft`. It is evaluated before training
+(`workdir/start_eval.json`), and `workdir/results.json` puts the two evaluations side by side.
+
+Rollout statistics ride in the batch as per-row constants (`rollout_*` fields), so each step's
+metrics line holds the numbers of the rollouts it trained on. A checkpoint keeps the iteration's
+untrained minibatches, so a resumed run trains on the same rollouts.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from reasonjax import models
+from reasonjax.data import batching
+from reasonjax.data.tasks import Task
+from reasonjax.losses import policy, tokens
+from reasonjax.rewards import scoring
+from reasonjax.sampling import sampler as sampler_lib
+from reasonjax.trainers import experiment, loop
+
+# Fields of a training row besides the rollout statistics, with their dtypes.
+ROW_FIELDS = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32,
+              "positions": np.int32, "segment_ids": np.int32, "old_logp": np.float32,
+              "advantages": np.float32}
+
+
+def grpo_loss(params, batch, rng, frozen, *, model, temperature: float, aggregation: str,
+              max_len: int, loss_kwargs: dict):
+  """The GRPO-family loss of `losses.policy` on a batch of rollout rows ([B, T] fields of
+  `ROW_FIELDS`, advantages [B]); `frozen` holds the reference parameters (None without a KL
+  term). Log-probs are those of softmax(logits / temperature), the distribution the sampler
+  drew from. Weight: as `policy.aggregate` says for `aggregation`."""
+  del rng
+
+  def logits_of(p):
+    logits = model.apply({"params": p}, batch["inputs"], positions=batch["positions"],
+                         segment_ids=batch["segment_ids"])
+    return tokens.at_least_f32(logits) / temperature
+
+  logits = logits_of(params)
+  logp = tokens.token_logprobs(logits, batch["targets"])
+  entropy = tokens.token_entropy(logits)
+  ref_logp = None
+  if frozen is not None:
+    ref_logp = jax.lax.stop_gradient(tokens.token_logprobs(logits_of(frozen), batch["targets"]))
+  mask = batch["loss_mask"]
+  per_token, stats = policy.policy_loss(logp, batch["old_logp"], batch["advantages"], mask,
+                                        ref_logp=ref_logp, entropy=entropy, **loss_kwargs)
+  value, weight = policy.aggregate(per_token, mask, aggregation, max_len=max_len)
+  count = jnp.maximum(jnp.sum(mask), 1.0)
+  mean = lambda x: jnp.sum(x * mask) / count
+  # |logp - old_logp|: on an iteration's first update, the sampler-vs-trainer mismatch alone.
+  gap = jnp.abs(logp - batch["old_logp"]) * mask
+  metrics = {"loss": value, "clip_low": mean(stats["clipped_low"]),
+             "clip_high": mean(stats["clipped_high"]), "ratio": mean(stats["ratio"]),
+             "entropy": mean(stats["entropy"]), "logprob_gap_mean": jnp.sum(gap) / count,
+             "logprob_gap_max": jnp.max(gap), "tokens": jnp.sum(mask)}
+  if "kl" in stats:
+    metrics["kl"] = mean(stats["kl"])
+  metrics |= {k: jnp.mean(v) for k, v in batch.items() if k.startswith("rollout_")}
+  return value, (weight, metrics)
+
+
+def rollout_rows(prompts: np.ndarray, prompt_lengths: np.ndarray, output, advantages: np.ndarray,
+                 seq_len: int) -> dict[str, np.ndarray]:
+  """Training rows of prompt + completion: [N, seq_len] fields of `ROW_FIELDS` (advantages [N]).
+
+  prompts: int32 [B, P] right-padded, prompt_lengths [B]; output: host copies of a
+  `SamplingOutput` with N = B * G rows (prompt-major). Row i predicts completion i's tokens
+  (its EOS included) from its prompt; old_logp holds the sampler's log-prob of each target.
+  """
+  n = output.tokens.shape[0]
+  group = n // prompts.shape[0]
+  rows = {k: np.zeros((n, seq_len), dtype) for k, dtype in ROW_FIELDS.items() if k != "advantages"}
+  for i in range(n):
+    p_len, c_len = int(prompt_lengths[i // group]), int(output.lengths[i])
+    seq = np.concatenate([prompts[i // group, :p_len], output.tokens[i, :c_len]])
+    if len(seq) - 1 > seq_len:
+      raise ValueError(f"a prompt of {p_len} tokens and a completion of {c_len} need seq_len >= "
+                       f"{len(seq) - 1}, but config.seq_len={seq_len}: raise it or lower "
+                       "rollouts.max_new_tokens")
+    width = len(seq) - 1
+    rows["inputs"][i, :width], rows["targets"][i, :width] = seq[:-1], seq[1:]
+    rows["positions"][i, :width] = np.arange(width)
+    rows["segment_ids"][i, :width] = 1
+    # Target t is completion token t - (p_len - 1).
+    rows["loss_mask"][i, p_len - 1:width] = 1.0
+    rows["old_logp"][i, p_len - 1:width] = output.logprobs[i, :c_len]
+  rows["advantages"] = advantages.astype(np.float32)
+  return rows
+
+
+class Rollouts:
+  """The on-policy batch source of `loop.train`: `next_batch(params)` gives the next minibatch,
+  sampling a new iteration's rollouts with `params` when the last one's are used up.
+
+  `get_state()` / `set_state()` save and restore the prompt iterator, the iteration count and
+  the untrained minibatches (a JSON-able dict), so a resumed run trains on what it would have.
+  """
+
+  def __init__(self, config, model, task: Task, tokenizer, problems, scorer: scoring.Scorer):
+    section = config.rollouts
+    self.model, self.task, self.tokenizer, self.problems = model, task, tokenizer, problems
+    self.scorer, self.seq_len, self.seed = scorer, config.seq_len, config.seed
+    self.group, self.epochs, self.minibatches = (section.num_samples, config.epochs,
+                                                 config.minibatches)
+    self.advantage = dict(config.advantage)
+    self.sampling = sampler_lib.SamplingConfig(
+        max_new_tokens=section.max_new_tokens, temperature=section.temperature,
+        top_p=section.top_p, num_samples=section.num_samples, eos_token_id=tokenizer.eos_id,
+        pad_token_id=tokenizer.pad_id)
+    if (section.prompts * section.num_samples) % config.minibatches:
+      raise ValueError(f"rollouts.prompts * rollouts.num_samples = "
+                       f"{section.prompts * section.num_samples} rows must split into "
+                       f"config.minibatches={config.minibatches} equal minibatches")
+    examples = [batching.prompt_example(tokenizer, task.prompt(p), i)
+                for i, p in enumerate(problems)]
+    width = max(len(e["prompt"]) for e in examples)
+    self.prompts = batching.batches(examples, batch_size=section.prompts, seq_len=width,
+                                    seed=config.seed)
+    self.iteration = 0
+    self.pending: list[dict[str, np.ndarray]] = []
+
+  def next_batch(self, params) -> dict[str, np.ndarray]:
+    if not self.pending:
+      self.pending = self._iteration(params)
+    return self.pending.pop(0)
+
+  def _iteration(self, params) -> list[dict[str, np.ndarray]]:
+    """Samples, scores and splits one iteration's rollouts into epochs x minibatches."""
+    prompt_batch = next(self.prompts)
+    rng = jax.random.fold_in(jax.random.key(self.seed + 3), self.iteration)
+    start = time.perf_counter()
+    output = jax.device_get(sampler_lib.sample(
+        self.model, params, prompt_batch["prompt"], prompt_batch["prompt_length"], rng,
+        self.sampling))
+    sample_s = time.perf_counter() - start
+    problems = [self.problems[int(i)] for i in prompt_batch["index"] for _ in range(self.group)]
+    texts = []
+    for i in range(output.tokens.shape[0]):
+      ids = output.tokens[i, :output.lengths[i]].tolist()
+      if output.finish_reason[i] == sampler_lib.EOS:
+        ids = ids[:-1]
+      texts.append(self.tokenizer.decode(ids))
+    start = time.perf_counter()
+    rewards, reward_metrics = self.scorer(problems, texts, group_size=self.group)
+    score_s = time.perf_counter() - start
+    advantages = np.asarray(policy.group_advantages(rewards, self.group, **self.advantage))
+    rows = rollout_rows(prompt_batch["prompt"], prompt_batch["prompt_length"], output,
+                        advantages, self.seq_len)
+    grouped = rewards.reshape(-1, self.group)
+    generated = float(output.lengths.sum())
+    stats = {"reward_mean": rewards.mean(), "reward_std": rewards.std(),
+             "zero_variance_groups": np.mean(grouped.min(1) == grouped.max(1)),
+             "completion_length": output.lengths.mean(),
+             "truncated": np.mean(output.finish_reason == sampler_lib.LENGTH),
+             "sample_tokens_per_s": generated / sample_s, "sample_seconds": sample_s,
+             "score_seconds": score_s, "iteration": self.iteration,
+             **{k.replace("/", "_"): v for k, v in reward_metrics.items()}}
+    n = len(rewards)
+    rows |= {f"rollout_{k}": np.full(n, v, np.float32) for k, v in stats.items()}
+    self.iteration += 1
+    order_rng = np.random.default_rng([self.seed, self.iteration])
+    out = []
+    for _ in range(self.epochs):
+      order = order_rng.permutation(n)
+      for part in np.split(order, self.minibatches):
+        out.append({k: v[part] for k, v in rows.items()})
+    return out
+
+  def get_state(self) -> dict:
+    return {"prompts": self.prompts.get_state(), "iteration": self.iteration,
+            "pending": [{k: [v.dtype.str, v.tolist()] for k, v in b.items()}
+                        for b in self.pending]}
+
+  def set_state(self, state: dict) -> None:
+    self.prompts.set_state(state["prompts"])
+    self.iteration = state["iteration"]
+    self.pending = [{k: np.asarray(v, np.dtype(dtype)) for k, (dtype, v) in b.items()}
+                    for b in state["pending"]]
+
+
+def results_table(start: dict[str, float], final: dict[str, float]) -> str:
+  """A Markdown table of the starting and final evaluations (the metrics both have)."""
+  keys = [k for k in start if k in final]
+  lines = ["| metric | start (SFT) | after GRPO |", "|---|---|---|"]
+  lines += [f"| {k} | {start[k]:.4g} | {final[k]:.4g} |" for k in keys]
+  return "\n".join(lines)
+
+
+def run(config, workdir: str) -> dict:
+  """Evaluates the starting policy, trains with GRPO, evaluates; returns the results."""
+  task, tokenizer = experiment.task_and_tokenizer(config)
+  path = experiment.policy_path(config, workdir)
+  cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
+  model = models.Model(cfg)
+  evaluate = experiment.evaluator(config, cfg, task, tokenizer)
+  start_path = os.path.join(workdir, "start_eval.json")
+  start = {}
+  if evaluate is not None:
+    if os.path.exists(start_path):
+      with open(start_path) as f:
+        start = json.load(f)
+    else:
+      start = evaluate(params, jax.random.key(config.seed + 1))
+      with open(start_path, "w") as f:
+        json.dump(start, f, indent=2)
+  print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
+  problems = task.generate(config.task.num_train, seed=config.seed, split="train")
+  scorer = scoring.Scorer(scoring.TaskVerifier(task), dict(config.rewards),
+                          num_workers=config.scorer_workers)
+  rollouts = Rollouts(config, model, task, tokenizer, problems, scorer)
+  loss_kwargs = dict(config.loss)
+  loss_kwargs["dual_clip"] = loss_kwargs["dual_clip"] or None  # 0 in a config: off
+  loss_fn = functools.partial(grpo_loss, model=model, temperature=config.rollouts.temperature,
+                              aggregation=config.aggregation,
+                              max_len=config.rollouts.max_new_tokens, loss_kwargs=loss_kwargs)
+  steps_per_iteration = config.epochs * config.minibatches
+  logging.info("GRPO: %d prompts x %d samples per iteration, %d steps each", config.rollouts.prompts,
+               config.rollouts.num_samples, steps_per_iteration)
+  try:
+    state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=rollouts,
+                              params=params, frozen=params if config.loss.beta > 0 else None,
+                              evaluate=evaluate)
+  finally:
+    scorer.close()
+  results = {"steps": int(state.step), "iterations": rollouts.iteration, "start": start,
+             "final": final}
+  for prefix, values in (("sft", start), ("grpo", final)):
+    results |= {f"{prefix}_{k}": v for k, v in values.items()}
+  if start and final:
+    print(results_table(start, final), flush=True)
+  experiment.export(workdir, cfg, state.params, results)
+  return results
