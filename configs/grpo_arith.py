@@ -44,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.post_training(config, arg.runlocal)
   grpo(config)
   # steps = iterations * epochs * minibatches
-  loop(config, steps=200, seq_len=128, learning_rate=5e-5, warmup_steps=10, eval_every=50,
+  loop(config, steps=200, seq_len=128, learning_rate=3e-5, warmup_steps=10, eval_every=50,
        checkpoint_every=50)
   config.eval = common.evaluation()
   if arg.runlocal:

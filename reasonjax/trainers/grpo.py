@@ -226,7 +226,8 @@ def run(config, workdir: str) -> dict:
       start = evaluate(params, jax.random.key(config.seed + 1))
       with open(start_path, "w") as f:
         json.dump(start, f, indent=2)
-  print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
+  if start:
+    print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
   problems = task.generate(config.task.num_train, seed=config.seed, split="train")
   scorer = scoring.Scorer(scoring.TaskVerifier(task), dict(config.rewards),
                           num_workers=config.scorer_workers)
