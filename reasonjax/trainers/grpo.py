@@ -211,6 +211,11 @@ def results_table(start: dict[str, float], final: dict[str, float]) -> str:
 
 def run(config, workdir: str) -> dict:
   """Evaluates the starting policy, trains with GRPO, evaluates; returns the results."""
+  if jax.process_count() > 1:
+    # Every process would sample the same prompts, and pass its host-local prompt block to a
+    # program that reads it as one global array.
+    raise NotImplementedError("trainer grpo runs in one process (one host, any number of local "
+                              f"devices); this job has {jax.process_count()} processes")
   task, tokenizer = experiment.task_and_tokenizer(config)
   path = experiment.policy_path(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
