@@ -63,16 +63,17 @@ def generate_texts(model, params, tokenizer, prompts: Sequence[str], rng: jax.Ar
     rows = np.where(rows < len(prompts), rows, start)  # Fixed shape: pad with the first prompt.
     result = sample(model, params, tokens[rows], lengths[rows], jax.random.fold_in(rng, i),
                     config)
-    generated, counts, reasons = jax.device_get(
-        (result.tokens, result.lengths, result.finish_reason))
-    real = len(prompts[chunk])
-    for b in range(real):
-      texts = []
-      for j in range(n):
-        row = b * n + j
-        ids = generated[row, :counts[row]].tolist()
-        if reasons[row] == EOS:  # The EOS token is not part of the text.
-          ids = ids[:-1]
-        texts.append(tokenizer.decode(ids))
-      out.append(texts)
+    texts = decode_rows(tokenizer, jax.device_get(result))
+    out += [texts[b * n:(b + 1) * n] for b in range(len(prompts[chunk]))]
   return out
+
+
+def decode_rows(tokenizer, output) -> list[str]:
+  """The text of every row of a (host) `SamplingOutput`, without its EOS token."""
+  texts = []
+  for ids, count, reason in zip(output.tokens, output.lengths, output.finish_reason):
+    ids = ids[:count].tolist()
+    if reason == EOS:  # The EOS token is not part of the text.
+      ids = ids[:-1]
+    texts.append(tokenizer.decode(ids))
+  return texts

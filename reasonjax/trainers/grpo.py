@@ -37,6 +37,7 @@ from reasonjax.data.tasks import Task
 from reasonjax.losses import policy, tokens
 from reasonjax.rewards import scoring
 from reasonjax.sampling import sampler as sampler_lib
+from reasonjax.sampling import texts as sampling_texts
 from reasonjax.trainers import experiment, loop
 
 # Fields of a training row besides the rollout statistics, with their dtypes.
@@ -121,7 +122,7 @@ class Rollouts:
 
   def __init__(self, config, model, task: Task, tokenizer, problems, scorer: scoring.Scorer):
     section = config.rollouts
-    self.model, self.task, self.tokenizer, self.problems = model, task, tokenizer, problems
+    self.model, self.tokenizer, self.problems = model, tokenizer, problems
     self.scorer, self.seq_len, self.seed = scorer, config.seq_len, config.seed
     self.group, self.epochs, self.minibatches = (section.num_samples, config.epochs,
                                                  config.minibatches)
@@ -157,12 +158,7 @@ class Rollouts:
         self.sampling))
     sample_s = time.perf_counter() - start
     problems = [self.problems[int(i)] for i in prompt_batch["index"] for _ in range(self.group)]
-    texts = []
-    for i in range(output.tokens.shape[0]):
-      ids = output.tokens[i, :output.lengths[i]].tolist()
-      if output.finish_reason[i] == sampler_lib.EOS:
-        ids = ids[:-1]
-      texts.append(self.tokenizer.decode(ids))
+    texts = sampling_texts.decode_rows(self.tokenizer, output)
     start = time.perf_counter()
     rewards, reward_metrics = self.scorer(problems, texts, group_size=self.group)
     score_s = time.perf_counter() - start

@@ -189,10 +189,13 @@ def test_aggregation_weights_make_accumulation_exact():
              for s in (slice(0, 2), slice(2, B))]
     combined = sum(l * w for l, w in parts) / sum(w for _, w in parts)
     assert float(combined) == pytest.approx(float(whole), rel=1e-6), mode
-  # bnpo weighs micro-batches equally: the mean of their token means.
-  parts = [policy.aggregate(per_token[s], mask[s], "bnpo")[0] for s in (slice(0, 2), slice(2, B))]
-  assert float(policy.aggregate(per_token, mask, "bnpo")[1]) == 1.0
-  assert float(parts[0]) != pytest.approx(float(policy.aggregate(per_token, mask, "bnpo")[0]))
+  # bnpo weighs micro-batches equally: accumulated, the mean of their token means.
+  values, m = np.asarray(per_token), MASK
+  parts = [policy.aggregate(per_token[s], mask[s], "bnpo") for s in (slice(0, 2), slice(2, B))]
+  combined = sum(l * w for l, w in parts) / sum(w for _, w in parts)
+  expected = np.mean([(values[s] * m[s]).sum() / m[s].sum() for s in (slice(0, 2), slice(2, B))])
+  assert float(combined) == pytest.approx(expected, rel=1e-6)
+  assert expected != pytest.approx((values * m).sum() / m.sum())  # not the whole token mean
 
 
 def test_bad_settings_raise():
