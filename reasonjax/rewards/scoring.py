@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import multiprocessing
+import os
 import signal
 from collections.abc import Mapping, Sequence
 
@@ -88,12 +89,14 @@ def _alarm(signum, frame):
   raise _Timeout()
 
 
-def _ignore_stop_signals():
-  """In grading workers: Ctrl-C in a terminal (or `timeout`) signals the whole process group,
-  and a worker killed mid-task would leave the trainer waiting for its results while it saves
-  its checkpoint. The trainer ends the workers itself (`Scorer.close`)."""
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+def _own_process_group():
+  """In grading workers: Ctrl-C in a terminal and `timeout` signal the whole process group. A
+  worker killed mid-task would leave the trainer waiting for its results while it saves its
+  checkpoint, so workers leave the group; the trainer ends them itself (`Scorer.close`). A worker
+  still starting up holds no task: if a signal kills it, the pool starts another."""
+  os.setpgrp()
+  # `close` ends workers with SIGTERM, even when the trainer ignored it when the pool started.
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _grade(args) -> tuple[dict[str, float], str | None, str | None]:
@@ -157,7 +160,7 @@ class Scorer:
       return [_grade(item) for item in items]
     if self._pool is None:
       self._pool = multiprocessing.get_context("spawn").Pool(self.num_workers,
-                                                             initializer=_ignore_stop_signals)
+                                                             initializer=_own_process_group)
     pending = self._pool.map_async(_grade, items, chunksize=max(1, len(items) // (
         4 * self.num_workers)))
     # Alarms stop slow Python code in the workers; this margin catches code that ignores them.
