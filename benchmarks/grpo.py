@@ -12,8 +12,9 @@ and one AdamW step of the GRPO loss (clip 0.2, k3 KL to the frozen starting poli
 weights of the "tiny" preset (Qwen2 family, 3.2M parameters), written once as a Hugging Face
 checkpoint, in float32.
 
-- reasonjax: `sampling.sample` on the parameters the step trains, `trainers.grpo.rollout_rows`
-  and `grpo_loss` in the jitted, donated `trainers.step` (`python benchmarks/grpo.py --worker`).
+- reasonjax: `sampling.sample` on the parameters the step trains, `trainers.grpo.rollout_batch`
+  and `grpo_loss` (each prompt run once for its 4 samples, `share_prompt`) in the jitted,
+  donated `trainers.step` (`python benchmarks/grpo.py --worker`).
 - trl: `trl.GRPOTrainer` (transformers generate, no vLLM), benchmarks/peers/trl_grpo.py.
 - tunix: `tunix.GRPOLearner` on an RLCluster of Tunix's own Qwen2, benchmarks/peers/tunix_grpo.py.
 
@@ -54,8 +55,6 @@ import workload  # noqa: E402
 WARMUP = 2
 PAUSE_S = 0.5  # between two iterations: the last one's threads stop spinning first
 PRESET = "tiny"
-# prompt + completion - 1 tokens of input per row, rounded up.
-SEQ_LEN = 96
 FRAMEWORKS = ("reasonjax", "trl", "tunix")
 SETUP = "run benchmarks/peers/setup.sh"
 
@@ -91,7 +90,8 @@ def reasonjax_worker(args: argparse.Namespace) -> None:
                  "epsilon_high": workload.EPSILON, "dual_clip": None, "beta": workload.BETA,
                  "kl_estimator": "k3", "entropy_coef": 0.0}
   loss_fn = functools.partial(grpo.grpo_loss, model=model, temperature=1.0, aggregation="grpo",
-                              max_len=workload.NEW_TOKENS, loss_kwargs=loss_kwargs)
+                              max_len=workload.NEW_TOKENS, loss_kwargs=loss_kwargs,
+                              share_prompt=args.share_prompt)
   sampling = sampler_lib.SamplingConfig(max_new_tokens=workload.NEW_TOKENS, temperature=1.0,
                                         num_samples=workload.GENERATIONS, eos_token_id=None)
   prompts = np.asarray(workload.prompt_ids(args.iterations, cfg.vocab_size), np.int32)
@@ -121,7 +121,7 @@ def reasonjax_worker(args: argparse.Namespace) -> None:
       rewards = np.array([workload.reward(row[:n])
                           for row, n in zip(output.tokens, output.lengths)])
       advantages = np.asarray(policy.group_advantages(rewards, workload.GENERATIONS))
-      rows = grpo.rollout_rows(block, lengths, output, advantages, SEQ_LEN)
+      rows = grpo.rollout_batch(block, lengths, output, advantages)
       if train_step is None:  # Built on the first batch, whose shapes every later one has.
         batch_shardings = sharding.batch_shardings(rows, mesh, AXIS_RULES)
         train_step = step_lib.jit_train_step(loss_fn, tx, shardings, batch_shardings,
@@ -230,7 +230,8 @@ def command(name: str, model_dir: str, iterations: int, args: argparse.Namespace
   if name == "trl":
     flags.append(f"--threads={args.torch_threads}")
   if name == "reasonjax":
-    return [sys.executable, os.path.abspath(__file__), "--worker"] + flags
+    return ([sys.executable, os.path.abspath(__file__), "--worker",
+             f"--share_prompt={args.share_prompt}"] + flags)
   python = os.path.join(args.peers_dir, name, "bin", "python")
   if not os.path.exists(python):
     return f"skipped ({SETUP}: no {python})"
@@ -332,6 +333,7 @@ def run(args: argparse.Namespace) -> dict:
                        "prompt_len": workload.PROMPT_LEN, "new_tokens": workload.NEW_TOKENS,
                        "beta": workload.BETA, "epsilon": workload.EPSILON,
                        "learning_rate": workload.LEARNING_RATE, "clip_norm": workload.CLIP_NORM,
+                       "reasonjax_share_prompt": bool(args.share_prompt),
                        "temperature": 1.0, "dtype": "float32", "reward": "fraction of even ids",
                        "warmup_iterations": WARMUP, "timed_iterations": args.iterations,
                        "torch_threads": args.torch_threads or os.cpu_count(),
@@ -363,6 +365,8 @@ def main():
       "REASONJAX_PEERS", os.path.expanduser("~/.cache/reasonjax/peers")))
   parser.add_argument("--torch_threads", type=int, default=0,
                       help="TRL's torch threads (0: one per CPU, as benchmarks/train_step.py)")
+  parser.add_argument("--share_prompt", type=int, default=1,
+                      help="reasonjax runs each prompt once for its samples (0: every row)")
   parser.add_argument("--out", default=os.path.join(HERE, "results", "grpo.json"))
   # The reasonjax runner's flags (`workload.arguments`); the parent passes them.
   parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

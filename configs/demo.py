@@ -37,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Adam moves every weight by about the learning rate per step, whatever the gradient's size:
   # 2e-4 made the policy drift (KL 0.3-0.4) and its reward fall; 2e-5 raised greedy accuracy by
   # 7 points in 80 iterations.
-  grpo_arith.loop(config, steps=150, seq_len=96, learning_rate=3e-5, warmup_steps=5,
+  grpo_arith.loop(config, steps=150, learning_rate=3e-5, warmup_steps=5,
                   log_every=1, eval_every=0, checkpoint_every=50)
   config.eval = common.evaluation(num_problems=200, max_new_tokens=48, num_samples=8, k=8)
   if arg.runlocal:
@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 warmup_steps=10, log_every=10, checkpoint_every=60)
     sft.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=0)
     config.rollouts.update({"prompts": 8, "num_samples": 4})
-    grpo_arith.loop(config, steps=10, seq_len=96, learning_rate=1e-4, warmup_steps=1,
+    grpo_arith.loop(config, steps=10, learning_rate=1e-4, warmup_steps=1,
                     log_every=1, checkpoint_every=5)
     config.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=8, k=8)
   return config

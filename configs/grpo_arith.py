@@ -33,8 +33,11 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   config.loss = ml_collections.ConfigDict({
       "importance": "token", "epsilon_low": 0.2, "epsilon_high": 0.2, "dual_clip": 0.0,
       "beta": 0.04, "kl_estimator": "k3", "entropy_coef": 0.0})
+  # Each prompt through the model once for all its samples (models.continuation_logits); False
+  # runs every prompt + completion row, with the memory-lean attention of plain training.
+  config.share_prompt = True
   config.epochs = 1  # mu: passes over each iteration's rollouts
-  config.minibatches = 1  # optimizer steps per pass
+  config.minibatches = 1  # optimizer steps per pass; each holds prompts / minibatches groups
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,12 +47,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.post_training(config, arg.runlocal)
   grpo(config)
   # steps = iterations * epochs * minibatches
-  loop(config, steps=200, seq_len=128, learning_rate=3e-5, warmup_steps=10, eval_every=50,
+  loop(config, steps=200, learning_rate=3e-5, warmup_steps=10, eval_every=50,
        checkpoint_every=50)
   config.eval = common.evaluation()
   if arg.runlocal:
     config.rollouts.update({"prompts": 8, "num_samples": 4, "max_new_tokens": 48})
-    loop(config, steps=8, seq_len=96, learning_rate=5e-5, warmup_steps=1, log_every=1,
+    loop(config, steps=8, learning_rate=5e-5, warmup_steps=1, log_every=1,
          checkpoint_every=4)
     config.scorer_workers = 0  # grade in the trainer: spawning workers costs more than 32 texts
     config.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=4, k=4)
@@ -57,8 +60,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def loop(config: ml_collections.ConfigDict, **kwargs) -> None:
-  """`common.loop` without batch_size: a minibatch is rollouts.prompts * rollouts.num_samples /
-  minibatches rows. No weight decay: it would pull the policy towards zero, not the reference."""
-  common.loop(config, batch_size=0, **kwargs)
-  del config["batch_size"]
+  """`common.loop` without batch_size and seq_len: a minibatch is rollouts.prompts / minibatches
+  prompts with all their samples, of up to rollouts.max_new_tokens tokens. No weight decay: it
+  would pull the policy towards zero, not the reference."""
+  common.loop(config, batch_size=0, seq_len=0, **kwargs)
+  del config["batch_size"], config["seq_len"]
   config.optimizer.weight_decay = 0.0

@@ -91,6 +91,21 @@ def init_cache(cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> 
   return KVCache(k=k, v=v, lengths=jnp.zeros((batch_size,), jnp.int32))
 
 
+def prefill(model: Model, params, prefix: Array, prefix_lengths: Array, capacity: int
+            ) -> tuple[Array, KVCache]:
+  """Runs right-padded prefixes into a new cache of `capacity` slots per row.
+
+  prefix: int32 [B, P]; prefix_lengths: int32 [B], each in [1, P]. Returns the final hidden state
+  of each prefix's last real token, [B, 1, D] (the one that predicts what follows), and the cache,
+  whose lengths are prefix_lengths.
+  """
+  mask = (jnp.arange(prefix.shape[1])[None] < prefix_lengths[:, None]).astype(jnp.int32)
+  hidden, cache = model.apply({"params": params}, prefix * mask, attention_mask=mask,
+                              cache=init_cache(model.cfg, prefix.shape[0], capacity),
+                              method=Model.hidden_states)
+  return jnp.take_along_axis(hidden, (prefix_lengths - 1)[:, None, None], axis=1), cache
+
+
 def unstack_layers(params):
   """Scanned parameters ({"layers": [L, ...] leaves}) -> the `scan_layers=False` tree
   ({"layers_0": ..., "layers_{L-1}": ...}); everything else is shared."""

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reasonjax.models import Model, init_cache, unstack_layers
+from reasonjax.models import Model, prefill, unstack_layers
 from reasonjax.models.decoder import KVCache
 from reasonjax.sampling.processors import sample_tokens
 
@@ -193,12 +193,8 @@ def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *
     params = unstack_layers(params)
     model = Model(model.cfg.replace(scan_layers=False))
   params = jax.tree.map(lambda x: x.astype(model.cfg.dtype), params)
-  prompt_mask = (jnp.arange(width)[None] < prompt_lengths[:, None]).astype(jnp.int32)
-  cache = init_cache(model.cfg, batch, width + steps)
-  hidden, cache = model.apply({"params": params}, prompt_tokens * prompt_mask,
-                              attention_mask=prompt_mask, cache=cache, method=Model.hidden_states)
+  hidden, cache = prefill(model, params, prompt_tokens, prompt_lengths, width + steps)
   # Vocabulary logits of the last prompt token only: [B, P, V] would cost more than the prefill.
-  hidden = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)
   last = model.apply({"params": params}, hidden, method=Model.logits_from_hidden)[:, 0]
   # The prompt is run once; its cache and last logits are shared by its n samples.
   cache = cache.repeat(n)

@@ -6,9 +6,11 @@ Each iteration takes `rollouts.prompts` training problems and samples `rollouts.
 completions of each with the jitted sampler, reading the very parameter arrays the train step
 updates (no copy to an inference engine, so nothing to keep in sync). The completions are
 decoded and scored on the host by `rewards.scoring.Scorer` worker processes; the rewards become
-group-relative advantages (`losses.policy.group_advantages`), and the iteration's rows are
+group-relative advantages (`losses.policy.group_advantages`), and the iteration's groups are
 trained on for `epochs` epochs of `minibatches` jitted steps each (`losses.policy`), with the
-sampler's log-probs as the old policy. The frozen reference is the starting policy.
+sampler's log-probs as the old policy. The frozen reference is the starting policy. A batch
+holds each prompt once and its samples (whole groups), and with `share_prompt` the loss runs
+each prompt through the model once for all of its samples.
 
 The starting policy is `config.init_from` (a Hugging Face folder) or the export of the nested
 SFT run `config.sft`, trained first into `workdir/sft`. It is evaluated before training
@@ -40,31 +42,35 @@ from reasonjax.sampling import sampler as sampler_lib
 from reasonjax.sampling import texts as sampling_texts
 from reasonjax.trainers import experiment, loop
 
-# Fields of a training row besides the rollout statistics, with their dtypes.
-ROW_FIELDS = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32,
-              "positions": np.int32, "segment_ids": np.int32, "old_logp": np.float32,
-              "advantages": np.float32}
+# Fields of a rollout batch besides the rollout statistics, with their dtypes: each group's
+# prompt once ([B, P] and [B]), its samples prompt-major ([B * G, C] and [B * G]).
+BATCH_FIELDS = {"prompt_inputs": np.int32, "prompt_lengths": np.int32,
+                "completion_inputs": np.int32, "loss_mask": np.float32, "old_logp": np.float32,
+                "advantages": np.float32}
 
 
 def grpo_loss(params, batch, rng, frozen, *, model, temperature: float, aggregation: str,
-              max_len: int, loss_kwargs: dict):
-  """The GRPO-family loss of `losses.policy` on a batch of rollout rows ([B, T] fields of
-  `ROW_FIELDS`, advantages [B]); `frozen` holds the reference parameters (None without a KL
-  term). Log-probs are those of softmax(logits / temperature), the distribution the sampler
-  drew from. Weight: as `policy.aggregate` says for `aggregation`."""
+              max_len: int, loss_kwargs: dict, share_prompt: bool = True):
+  """The GRPO-family loss of `losses.policy` on a rollout batch (`rollout_batch`); `frozen` holds
+  the reference parameters (None without a KL term). Log-probs are those of
+  softmax(logits / temperature), the distribution the sampler drew from; the prompts run through
+  the model once per group when `share_prompt` (`models.continuation_logits`). Weight: as
+  `policy.aggregate` says for `aggregation`."""
   del rng
+  completions = batch["completion_inputs"]
 
   def logits_of(p):
-    logits = model.apply({"params": p}, batch["inputs"], positions=batch["positions"],
-                         segment_ids=batch["segment_ids"])
+    logits = models.continuation_logits(model, p, batch["prompt_inputs"],
+                                        batch["prompt_lengths"], completions,
+                                        share_prefix=share_prompt)
     return tokens.at_least_f32(logits) / temperature
 
   logits = logits_of(params)
-  logp = tokens.token_logprobs(logits, batch["targets"])
+  logp = tokens.token_logprobs(logits, completions)
   entropy = tokens.token_entropy(logits)
   ref_logp = None
   if frozen is not None:
-    ref_logp = jax.lax.stop_gradient(tokens.token_logprobs(logits_of(frozen), batch["targets"]))
+    ref_logp = jax.lax.stop_gradient(tokens.token_logprobs(logits_of(frozen), completions))
   mask = batch["loss_mask"]
   per_token, stats = policy.policy_loss(logp, batch["old_logp"], batch["advantages"], mask,
                                         ref_logp=ref_logp, entropy=entropy, **loss_kwargs)
@@ -83,33 +89,20 @@ def grpo_loss(params, batch, rng, frozen, *, model, temperature: float, aggregat
   return value, (weight, metrics)
 
 
-def rollout_rows(prompts: np.ndarray, prompt_lengths: np.ndarray, output, advantages: np.ndarray,
-                 seq_len: int) -> dict[str, np.ndarray]:
-  """Training rows of prompt + completion: [N, seq_len] fields of `ROW_FIELDS` (advantages [N]).
+def rollout_batch(prompts: np.ndarray, prompt_lengths: np.ndarray, output,
+                  advantages: np.ndarray) -> dict[str, np.ndarray]:
+  """The fields of `BATCH_FIELDS` from a sampling call's host copy.
 
-  prompts: int32 [B, P] right-padded, prompt_lengths [B]; output: host copies of a
-  `SamplingOutput` with N = B * G rows (prompt-major). Row i predicts completion i's tokens
-  (its EOS included) from its prompt; old_logp holds the sampler's log-prob of each target.
+  prompts: int32 [B, P] right-padded, prompt_lengths [B]; output: a `SamplingOutput` with
+  N = B * G rows (prompt-major); advantages [N]. The loss covers each completion's generated
+  tokens (its EOS included), and old_logp holds the sampler's log-prob of each.
   """
-  n = output.tokens.shape[0]
-  group = n // prompts.shape[0]
-  rows = {k: np.zeros((n, seq_len), dtype) for k, dtype in ROW_FIELDS.items() if k != "advantages"}
-  for i in range(n):
-    p_len, c_len = int(prompt_lengths[i // group]), int(output.lengths[i])
-    seq = np.concatenate([prompts[i // group, :p_len], output.tokens[i, :c_len]])
-    if len(seq) - 1 > seq_len:
-      raise ValueError(f"a prompt of {p_len} tokens and a completion of {c_len} need seq_len >= "
-                       f"{len(seq) - 1}, but config.seq_len={seq_len}: raise it or lower "
-                       "rollouts.max_new_tokens")
-    width = len(seq) - 1
-    rows["inputs"][i, :width], rows["targets"][i, :width] = seq[:-1], seq[1:]
-    rows["positions"][i, :width] = np.arange(width)
-    rows["segment_ids"][i, :width] = 1
-    # Target t is completion token t - (p_len - 1).
-    rows["loss_mask"][i, p_len - 1:width] = 1.0
-    rows["old_logp"][i, p_len - 1:width] = output.logprobs[i, :c_len]
-  rows["advantages"] = advantages.astype(np.float32)
-  return rows
+  mask = (np.arange(output.tokens.shape[1])[None] < output.lengths[:, None]).astype(np.float32)
+  return {"prompt_inputs": np.asarray(prompts, np.int32),
+          "prompt_lengths": np.asarray(prompt_lengths, np.int32),
+          "completion_inputs": np.asarray(output.tokens, np.int32), "loss_mask": mask,
+          "old_logp": np.asarray(output.logprobs, np.float32) * mask,
+          "advantages": np.asarray(advantages, np.float32)}
 
 
 class Rollouts:
@@ -123,7 +116,7 @@ class Rollouts:
   def __init__(self, config, model, task: Task, tokenizer, problems, scorer: scoring.Scorer):
     section = config.rollouts
     self.model, self.tokenizer, self.problems = model, tokenizer, problems
-    self.scorer, self.seq_len, self.seed = scorer, config.seq_len, config.seed
+    self.scorer, self.seed = scorer, config.seed
     self.group, self.epochs, self.minibatches = (section.num_samples, config.epochs,
                                                  config.minibatches)
     self.advantage = dict(config.advantage)
@@ -131,10 +124,10 @@ class Rollouts:
         max_new_tokens=section.max_new_tokens, temperature=section.temperature,
         top_p=section.top_p, num_samples=section.num_samples, eos_token_id=tokenizer.eos_id,
         pad_token_id=tokenizer.pad_id)
-    if (section.prompts * section.num_samples) % config.minibatches:
-      raise ValueError(f"rollouts.prompts * rollouts.num_samples = "
-                       f"{section.prompts * section.num_samples} rows must split into "
-                       f"config.minibatches={config.minibatches} equal minibatches")
+    if section.prompts % config.minibatches:
+      raise ValueError(f"rollouts.prompts={section.prompts} groups must split into "
+                       f"config.minibatches={config.minibatches} equal minibatches (a "
+                       "minibatch holds whole groups)")
     examples = [batching.prompt_example(tokenizer, task.prompt(p), i)
                 for i, p in enumerate(problems)]
     width = max(len(e["prompt"]) for e in examples)
@@ -163,8 +156,8 @@ class Rollouts:
     rewards, reward_metrics = self.scorer(problems, texts, group_size=self.group)
     score_s = time.perf_counter() - start
     advantages = np.asarray(policy.group_advantages(rewards, self.group, **self.advantage))
-    rows = rollout_rows(prompt_batch["prompt"], prompt_batch["prompt_length"], output,
-                        advantages, self.seq_len)
+    batch = rollout_batch(prompt_batch["prompt"], prompt_batch["prompt_length"], output,
+                          advantages)
     grouped = rewards.reshape(-1, self.group)
     generated = float(output.lengths.sum())
     stats = {"reward_mean": rewards.mean(), "reward_std": rewards.std(),
@@ -175,14 +168,15 @@ class Rollouts:
              "score_seconds": score_s, "iteration": self.iteration,
              **{k.replace("/", "_"): v for k, v in reward_metrics.items()}}
     n = len(rewards)
-    rows |= {f"rollout_{k}": np.full(n, v, np.float32) for k, v in stats.items()}
+    batch |= {f"rollout_{k}": np.full(n, v, np.float32) for k, v in stats.items()}
     self.iteration += 1
     order_rng = np.random.default_rng([self.seed, self.iteration])
     out = []
     for _ in range(self.epochs):
-      order = order_rng.permutation(n)
-      for part in np.split(order, self.minibatches):
-        out.append({k: v[part] for k, v in rows.items()})
+      groups = order_rng.permutation(len(prompt_batch["prompt"]))
+      for part in np.split(groups, self.minibatches):
+        samples = (part[:, None] * self.group + np.arange(self.group)).reshape(-1)
+        out.append({k: v[part if k.startswith("prompt_") else samples] for k, v in batch.items()})
     return out
 
   def get_state(self) -> dict:
@@ -237,7 +231,8 @@ def run(config, workdir: str) -> dict:
   loss_kwargs["dual_clip"] = loss_kwargs["dual_clip"] or None  # 0 in a config: off
   loss_fn = functools.partial(grpo_loss, model=model, temperature=config.rollouts.temperature,
                               aggregation=config.aggregation,
-                              max_len=config.rollouts.max_new_tokens, loss_kwargs=loss_kwargs)
+                              max_len=config.rollouts.max_new_tokens, loss_kwargs=loss_kwargs,
+                              share_prompt=config.share_prompt)
   steps_per_iteration = config.epochs * config.minibatches
   logging.info("GRPO: %d prompts x %d samples per iteration, %d steps each", config.rollouts.prompts,
                config.rollouts.num_samples, steps_per_iteration)

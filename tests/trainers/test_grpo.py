@@ -23,41 +23,36 @@ CFG = models.preset("tiny", vocab_size=512, num_layers=2, hidden_size=64, interm
 MODEL = models.Model(CFG)
 
 
-def test_rollout_rows_against_brute_force():
+def test_rollout_batch_against_brute_force():
   rng = np.random.default_rng(0)
   prompts = np.array([[1, 5, 6, 0, 0], [1, 7, 8, 9, 4]], np.int32)
   lengths = np.array([3, 5], np.int32)
-  group, new = 3, 4
+  new = 4
   output = types.SimpleNamespace(
       tokens=rng.integers(10, 20, (6, new)).astype(np.int32),
       lengths=np.array([4, 1, 2, 4, 3, 1], np.int32),
       logprobs=-rng.random((6, new)).astype(np.float32))
   adv = rng.normal(size=6)
-  rows = grpo.rollout_rows(prompts, lengths, output, adv, seq_len=10)
+  batch = grpo.rollout_batch(prompts, lengths, output, adv)
+  assert set(batch) == set(grpo.BATCH_FIELDS)
+  for k, dtype in grpo.BATCH_FIELDS.items():
+    assert batch[k].dtype == dtype, k
+  np.testing.assert_array_equal(batch["prompt_inputs"], prompts)
+  np.testing.assert_array_equal(batch["prompt_lengths"], lengths)
+  np.testing.assert_array_equal(batch["completion_inputs"], output.tokens)
   for i in range(6):
-    p = prompts[i // group, :lengths[i // group]].tolist()
-    c = output.tokens[i, :output.lengths[i]].tolist()
-    seq = p + c
-    for t in range(10):
-      real = t < len(seq) - 1
-      assert rows["inputs"][i, t] == (seq[t] if real else 0)
-      assert rows["targets"][i, t] == (seq[t + 1] if real else 0)
-      assert rows["segment_ids"][i, t] == real and rows["positions"][i, t] == (t if real else 0)
-      # Target t + 1 is a completion token exactly when t + 1 >= len(p).
-      is_completion = real and t + 1 >= len(p)
-      assert rows["loss_mask"][i, t] == is_completion
-      expected = output.logprobs[i, t + 1 - len(p)] if is_completion else 0.0
-      assert rows["old_logp"][i, t] == expected
-  np.testing.assert_array_equal(rows["advantages"], adv.astype(np.float32))
-  with pytest.raises(ValueError, match="need seq_len >= 8, but config.seq_len=7"):
-    grpo.rollout_rows(prompts, lengths, output, adv, seq_len=7)
+    for t in range(new):
+      generated = t < output.lengths[i]
+      assert batch["loss_mask"][i, t] == generated
+      assert batch["old_logp"][i, t] == (output.logprobs[i, t] if generated else 0.0)
+  np.testing.assert_array_equal(batch["advantages"], adv.astype(np.float32))
 
 
-@pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_sampler_logprobs_equal_the_trainers(temperature):
+@pytest.mark.parametrize("temperature,share_prompt", [(1.0, True), (0.7, False)])
+def test_sampler_logprobs_equal_the_trainers(temperature, share_prompt):
   """The sampler's log-probs are the old policy: recomputed by the train step's loss with the same
   parameters they must agree to float32 rounding (the gap metric), and the KL to an identical
-  reference and the clip fractions are 0."""
+  reference and the clip fractions are 0. Both ways of running the prompts."""
   params = random_params(CFG, 0)
   tok = tokenizers.load("synthetic")
   task = get_task("arithmetic")
@@ -71,11 +66,11 @@ def test_sampler_logprobs_equal_the_trainers(temperature):
   output = jax.device_get(sampler_lib.sample(MODEL, params, prompts, lengths,
                                              jax.random.key(1), config))
   assert output.lengths.min() >= 3  # a few tokens per row at least: something to compare
-  rows = grpo.rollout_rows(prompts, lengths, output, np.linspace(-1, 1, 6), seq_len=width + 12)
+  batch = grpo.rollout_batch(prompts, lengths, output, np.linspace(-1, 1, 6))
   _, (_, metrics) = grpo.grpo_loss(
-      params, {k: jnp.asarray(v) for k, v in rows.items()}, None, params, model=MODEL,
+      params, {k: jnp.asarray(v) for k, v in batch.items()}, None, params, model=MODEL,
       temperature=temperature, aggregation="grpo", max_len=12,
-      loss_kwargs=dict(beta=0.04))
+      loss_kwargs=dict(beta=0.04), share_prompt=share_prompt)
   assert float(metrics["tokens"]) == output.lengths.sum()
   assert float(metrics["logprob_gap_max"]) < 2e-4
   assert float(metrics["kl"]) < 1e-6 and float(metrics["clip_low"] + metrics["clip_high"]) == 0
@@ -85,7 +80,7 @@ def test_sampler_logprobs_equal_the_trainers(temperature):
 def _rollouts(minibatches=2, epochs=2):
   config = grpo_arith.get_config("runlocal")
   config.rollouts.update({"prompts": 4, "num_samples": 2, "max_new_tokens": 8})
-  config.update({"minibatches": minibatches, "epochs": epochs, "seq_len": 48})
+  config.update({"minibatches": minibatches, "epochs": epochs})
   tok = tokenizers.load("synthetic")
   task = get_task("arithmetic", **config.task.knobs)
   problems = task.generate(12, seed=0)
@@ -98,12 +93,19 @@ def test_rollouts_split_iterations_and_resume_exactly():
   params = random_params(CFG, 0)
   source = _rollouts()
   first = source.next_batch(params)
-  assert first["inputs"].shape == (4, 48) and source.iteration == 1
-  assert len(source.pending) == 3  # 2 epochs x 2 minibatches, one taken
-  # Both epochs cover the iteration's 8 rows once each.
-  epoch = np.concatenate([first["advantages"], source.pending[0]["advantages"]])
-  again = np.concatenate([source.pending[1]["advantages"], source.pending[2]["advantages"]])
-  np.testing.assert_array_equal(np.sort(epoch), np.sort(again))
+  # 4 prompts x 2 samples in 2 minibatches: 2 whole groups each.
+  assert first["prompt_inputs"].shape[0] == 2 and first["completion_inputs"].shape == (4, 8)
+  assert source.iteration == 1 and len(source.pending) == 3  # 2 epochs x 2 minibatches, 1 taken
+  # Each minibatch keeps its groups whole: a group's advantages have mean zero.
+  for batch in [first] + source.pending:
+    np.testing.assert_allclose(batch["advantages"].reshape(2, 2).sum(1), 0.0, atol=1e-4)
+
+  def pairs(batches):  # (prompt, completion) of every sample
+    return sorted((tuple(b["prompt_inputs"][i // 2]), tuple(b["completion_inputs"][i]))
+                  for b in batches for i in range(4))
+
+  # Both epochs cover the iteration's 8 samples once each, each with its own prompt.
+  assert pairs([first, source.pending[0]]) == pairs(source.pending[1:])
   # The reward statistics ride along as per-row constants of the iteration.
   assert np.all(first["rollout_reward_mean"] == first["rollout_reward_mean"][0])
   state = json.loads(json.dumps(source.get_state()))  # what a checkpoint keeps
@@ -120,5 +122,5 @@ def test_rollouts_split_iterations_and_resume_exactly():
 
 
 def test_rollouts_reject_uneven_minibatches():
-  with pytest.raises(ValueError, match="8 rows must split into config.minibatches=3"):
+  with pytest.raises(ValueError, match="prompts=4 groups must split into config.minibatches=3"):
     _rollouts(minibatches=3)
