@@ -121,13 +121,13 @@ def reasonjax_worker(args: argparse.Namespace) -> None:
       rewards = np.array([workload.reward(row[:n])
                           for row, n in zip(output.tokens, output.lengths)])
       advantages = np.asarray(policy.group_advantages(rewards, workload.GENERATIONS))
-      rows = grpo.rollout_batch(block, lengths, output, advantages)
+      batch = grpo.rollout_batch(block, lengths, output, advantages)
       if train_step is None:  # Built on the first batch, whose shapes every later one has.
-        batch_shardings = sharding.batch_shardings(rows, mesh, AXIS_RULES)
+        batch_shardings = sharding.batch_shardings(batch, mesh, AXIS_RULES)
         train_step = step_lib.jit_train_step(loss_fn, tx, shardings, batch_shardings,
                                              shardings.params)
       hosted = time.perf_counter()
-      state, metrics = train_step(state, sharding.put_batch(rows, batch_shardings), frozen)
+      state, metrics = train_step(state, sharding.put_batch(batch, batch_shardings), frozen)
       jax.block_until_ready((state, metrics))
       turns.end(sample_s=sampled - start, host_s=hosted - sampled,
                 train_step_s=time.perf_counter() - hosted)

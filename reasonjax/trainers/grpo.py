@@ -16,7 +16,7 @@ The starting policy is `config.init_from` (a Hugging Face folder) or the export 
 SFT run `config.sft`, trained first into `workdir/sft`. It is evaluated before training
 (`workdir/start_eval.json`), and `workdir/results.json` puts the two evaluations side by side.
 
-Rollout statistics ride in the batch as per-row constants (`rollout_*` fields), so each step's
+Rollout statistics ride in the batch as per-sample constants (`rollout_*` fields), so each step's
 metrics line holds the numbers of the rollouts it trained on. A checkpoint keeps the iteration's
 untrained minibatches, so a resumed run trains on the same rollouts.
 """
@@ -176,6 +176,7 @@ class Rollouts:
       groups = order_rng.permutation(len(prompt_batch["prompt"]))
       for part in np.split(groups, self.minibatches):
         samples = (part[:, None] * self.group + np.arange(self.group)).reshape(-1)
+        # prompt_* fields have a row per group, all others (rollout_* too) a row per sample.
         out.append({k: v[part if k.startswith("prompt_") else samples] for k, v in batch.items()})
     return out
 
