@@ -26,6 +26,9 @@ AXIS_RULES = (
 )
 
 
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
   """Mesh sizes; -1 takes the devices the other axes leave."""
   return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
@@ -34,8 +37,8 @@ def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.Confi
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses a config arg 'runlocal,preset=tiny' into a ConfigDict over `defaults`.
 
-  A bare word sets a boolean default to True; key=value parses as the default's type. Unknown
-  names raise with the valid ones.
+  A bare word sets a boolean default to True; key=value parses as the default's type (booleans:
+  true/false, 1/0, yes/no). Unknown names and unparsable values raise with the valid ones.
   """
   out = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
@@ -48,30 +51,49 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         raise ValueError(f"config arg {key!r} needs a value ({key}=...)")
       out[key] = True
     elif isinstance(default, bool):
-      out[key] = value.lower() in ("1", "true", "yes")
+      if value.lower() not in BOOLEANS:
+        raise ValueError(f"config arg {item!r}: {key} is a boolean; write one of "
+                         f"{sorted(BOOLEANS)}")
+      out[key] = BOOLEANS[value.lower()]
     else:
-      out[key] = type(default)(value)
+      try:
+        out[key] = type(default)(value)
+      except ValueError:
+        raise ValueError(f"config arg {item!r}: {key} expects a {type(default).__name__}, like "
+                         f"the default {default!r}") from None
   return out
 
 
 def loop(config: ml_collections.ConfigDict, *, steps: int, batch_size: int, seq_len: int,
          learning_rate: float, warmup_steps: int, log_every: int = 10, eval_every: int = 0,
          checkpoint_every: int = 200) -> None:
-  """Sets the fields the training loop reads (reasonjax/trainers/loop.py) on `config`."""
+  """Sets the fields the training loop reads (reasonjax/trainers/loop.py) on `config`.
+
+  The arguments are always set. The other fields get their defaults only where `config` has
+  none yet, so a config may set them before calling this, and a variant (runlocal) may call it
+  again to shrink the run without undoing them. Likewise for the optimizer's fields besides
+  learning_rate and warmup_steps.
+  """
   config.steps = steps
   config.batch_size = batch_size  # Global: split over processes.
   config.seq_len = seq_len
-  config.accum_steps = 1
   config.log_every = log_every
   config.eval_every = eval_every  # 0: evaluate at the end only.
-  config.checkpoint_every = checkpoint_every
-  config.keep_checkpoints = 2
-  config.eval_at_start = False
-  config.optimizer = ml_collections.ConfigDict({
-      "learning_rate": learning_rate, "warmup_steps": warmup_steps, "weight_decay": 0.1,
-      "clip_norm": 1.0, "b2": 0.99, "max_nonfinite_steps": 10})
-  config.mesh = mesh()
-  config.axis_rules = AXIS_RULES
+  config.checkpoint_every = checkpoint_every  # 0: only at the end and when stopped.
+  defaults = {
+      "accum_steps": 1, "keep_checkpoints": 2, "eval_at_start": False,
+      # newest_intact, newest, or a step number: which checkpoint a rerun resumes from.
+      "resume_from": "newest_intact", "optimizer": ml_collections.ConfigDict(),
+      "mesh": mesh(), "axis_rules": AXIS_RULES}
+  optimizer = {"weight_decay": 0.1, "clip_norm": 1.0, "b2": 0.99, "max_nonfinite_steps": 10}
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+  for key, value in optimizer.items():
+    if key not in config.optimizer:
+      config.optimizer[key] = value
+  config.optimizer.learning_rate = learning_rate
+  config.optimizer.warmup_steps = warmup_steps
 
 
 def evaluation(num_problems: int = 200, max_new_tokens: int = 64, num_samples: int = 8,
@@ -83,12 +105,12 @@ def evaluation(num_problems: int = 200, max_new_tokens: int = 64, num_samples: i
 
 
 def rollouts(num_samples: int = 8, temperature: float = 1.0, max_new_tokens: int = 64,
-             batch_size: int = 256) -> ml_collections.ConfigDict:
-  """How a policy samples its own training data: num_samples per problem, batch_size rows per
-  sampler call."""
+             batch_size: int = 256, top_p: float = 1.0) -> ml_collections.ConfigDict:
+  """How a policy samples its own training data (`sampling.sampling_config`): num_samples per
+  problem, batch_size rows per sampler call; top_p 1.0 samples without nucleus truncation."""
   return ml_collections.ConfigDict({
-      "num_samples": num_samples, "temperature": temperature, "max_new_tokens": max_new_tokens,
-      "batch_size": batch_size})
+      "num_samples": num_samples, "temperature": temperature, "top_p": top_p,
+      "max_new_tokens": max_new_tokens, "batch_size": batch_size})
 
 
 def post_training(config: ml_collections.ConfigDict, runlocal: bool) -> None:
@@ -112,18 +134,18 @@ def post_training(config: ml_collections.ConfigDict, runlocal: bool) -> None:
                                             "remat": "none"})
 
 
-def reward_model(arg: str | None, *, loss: str) -> ml_collections.ConfigDict:
-  """The ORM / PRM / HRM configs on arithmetic chains (trainer reward_model), `loss` their
-  default."""
+def reward_model(arg: str | None, *, granularity: str) -> ml_collections.ConfigDict:
+  """The ORM / PRM / HRM configs on arithmetic chains (trainer reward_model), `granularity`
+  their default. The files that use it rename the key `loss` to `granularity` (`RENAMED`)."""
   arg = parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
   config.trainer = "reward_model"
-  config.name = loss
+  config.name = granularity
   post_training(config, arg.runlocal)
   config.task.num_train = 1000  # Problems whose sampled solutions are labelled.
   config.rollouts = rollouts(num_samples=4)
-  config.loss = loss  # orm, prm or hrm
-  config.label_kind = "bce"  # bce or mse
+  config.granularity = granularity  # orm, prm or hrm (trainers.reward_model.GRANULARITIES)
+  config.label_kind = "bce"  # bce or mse (losses.reward.LABEL_KINDS)
   config.pack = True
   loop(config, steps=300, batch_size=32, seq_len=256, learning_rate=1e-4, warmup_steps=20,
        eval_every=100, checkpoint_every=100)

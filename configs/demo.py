@@ -16,6 +16,8 @@ import ml_collections
 
 from configs import common, grpo_arith
 
+RENAMED = grpo_arith.RENAMED  # This is grpo_arith's config, with its renamed keys.
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, runlocal=False)
@@ -44,6 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     sft.model.update({"num_layers": 2, "intermediate_size": 256})
     common.loop(sft, steps=120, batch_size=16, seq_len=128, learning_rate=3e-3,
                 warmup_steps=10, log_every=10, checkpoint_every=60)
+    sft.optimizer.total_steps = 120  # The whole schedule: runlocal trains the SFT start fully.
     sft.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=0)
     config.rollouts.update({"prompts": 8, "num_samples": 4})
     grpo_arith.loop(config, steps=10, learning_rate=1e-4, warmup_steps=1,

@@ -48,7 +48,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.pairs.max_per_problem = 1
     common.loop(config, steps=20, batch_size=8, seq_len=96, learning_rate=1e-4,
                 warmup_steps=2, log_every=2, checkpoint_every=10)
-    config.optimizer.weight_decay = 0.0
     config.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=0)
-    config.eval_at_start = True
   return config

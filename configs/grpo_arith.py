@@ -6,10 +6,11 @@
 
 Without `init_from`, the SFT run of configs/sft_arith.py (with the same arg) is trained first
 into workdir/sft. The variants are config changes: DAPO is `--config.aggregation=dapo
---config.loss.epsilon_high=0.28 --config.loss.beta=0`; Dr. GRPO `--config.aggregation=dr_grpo
---config.advantage.scale=none`; GSPO `--config.loss.importance=sequence
---config.loss.epsilon_low=3e-4 --config.loss.epsilon_high=4e-4`; RLOO
-`--config.advantage.leave_one_out=True --config.advantage.scale=none`.
+--config.policy_loss.epsilon_high=0.28 --config.policy_loss.beta=0`; Dr. GRPO
+`--config.aggregation=dr_grpo --config.advantage.scale=none`; GSPO
+`--config.policy_loss.importance=sequence --config.policy_loss.epsilon_low=3e-4
+--config.policy_loss.epsilon_high=4e-4`; RLOO `--config.advantage.leave_one_out=True
+--config.advantage.scale=none`.
 
 Args: `runlocal` (a small model, a few iterations: a CPU minute, for tests).
 """
@@ -17,6 +18,9 @@ Args: `runlocal` (a small model, a few iterations: a CPU minute, for tests).
 import ml_collections
 
 from configs import common
+
+# Old key -> new key: reasonjax.main rewrites an override of the old key, with a warning.
+RENAMED = {"loss": "policy_loss"}
 
 
 def grpo(config: ml_collections.ConfigDict) -> None:
@@ -27,10 +31,14 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   # Weights of rewards.scoring.REWARDS (all listed, so that any can be set from the command line).
   config.rewards = ml_collections.ConfigDict({
       "correctness": 1.0, "format": 0.0, "brevity": 0.0, "self_consistency": 0.0})
+  # How answers are graded (rewards.scoring.VERIFIERS): "task" is the task's own check_answer;
+  # "gsm8k" and "math" the numeric and boxed-LaTeX graders.
+  config.verifier = "task"
   config.scorer_workers = 2
   config.advantage = ml_collections.ConfigDict({"scale": "group", "leave_one_out": False})
   config.aggregation = "grpo"  # grpo, bnpo, dr_grpo or dapo
-  config.loss = ml_collections.ConfigDict({
+  # Keyword arguments of losses.policy.policy_loss.
+  config.policy_loss = ml_collections.ConfigDict({
       "importance": "token", "epsilon_low": 0.2, "epsilon_high": 0.2, "dual_clip": 0.0,
       "beta": 0.04, "kl_estimator": "k3", "entropy_coef": 0.0})
   # Each prompt through the model once for all its samples (models.continuation_logits); False

@@ -14,6 +14,9 @@ import ml_collections
 
 from configs import common
 
+# Old key -> new key: reasonjax.main rewrites an override of the old key, with a warning.
+RENAMED = {"loss": "granularity"}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return common.reward_model(arg, loss="orm")
+  return common.reward_model(arg, granularity="orm")

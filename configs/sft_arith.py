@@ -17,6 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.trainer = "sft"
   config.name = "sft"
   config.seed = 0
+  config.init_from = ""  # A Hugging Face folder to start from instead of a new model.
   config.tokenizer = "synthetic"
   config.task = ml_collections.ConfigDict({
       "name": "arithmetic", "num_train": 50_000,

@@ -3,12 +3,16 @@
     python -m reasonjax.main --config=configs/model_report.py:runlocal --workdir=/tmp/run \
         --config.model.dtype=bfloat16
 
-`config.trainer` names the program to run (see `reasonjax.trainers.TRAINERS`). The config is
-locked: an override of a key that does not exist fails before anything runs.
+`config.trainer` names the program to run (see `reasonjax.trainers.TRAINERS`). Before anything
+runs: the config file must exist (`--help` lists them), it is locked, so an override of a key
+that does not exist fails with the valid names, a key renamed in a config module's `RENAMED`
+dict still works with a warning, and the trainer checks every name-valued field
+(`trainers.check_config`). One process at a time trains in a workdir (`reasonjax.workdir`).
 """
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import json
 import os
@@ -18,11 +22,31 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reasonjax import host_memory, trainers
+from reasonjax import checkpoint, host_memory, trainers, workdir as workdir_lib
 from reasonjax.trainers import loop
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, path[:arg].",
-                                          lock_config=True)
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def config_catalog(directory: str = CONFIGS_DIR) -> str:
+  """One entry per config file in `directory`: its path, first docstring line and variants."""
+  lines = []
+  for path in sorted(glob.glob(os.path.join(directory, "*.py"))):
+    name = os.path.basename(path)
+    if name in ("__init__.py", "common.py"):
+      continue
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+    doc = text.split('"""')[1].strip() if text.startswith('"""') else ""
+    paragraphs = [" ".join(p.split()) for p in doc.split("\n\n")]
+    args = next((p for p in paragraphs if p.startswith("Args:")), "")
+    lines.append(f"  configs/{name}: {paragraphs[0]}" + (f"\n      {args}" if args else ""))
+  return "\n".join(lines)
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file, path[:arg]. The config files:\n" + config_catalog(),
+    lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None,
@@ -51,14 +75,34 @@ def main(argv):
     cache = jax.config.jax_compilation_cache_dir or os.path.join("~", ".cache", "reasonjax", "xla")
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache) if cache else None)
   config = _CONFIG.value
-  run = trainers.get(config.trainer)
+  try:
+    run = trainers.get(config.trainer)
+    trainers.check_config(config)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
   workdir = os.path.abspath(_WORKDIR.value)
-  os.makedirs(workdir, exist_ok=True)
+  try:
+    with workdir_lib.lock(workdir):
+      _run(run, config, workdir)
+  except loop.Preempted as e:
+    print(e, file=sys.stderr)
+    sys.exit(128 + e.signum)
+  except USER_ERRORS as e:
+    # Each names what went wrong and what to do: a traceback would only bury it.
+    sys.exit(f"error: {type(e).__name__}: {e}")
+
+
+# Errors whose message says all a user needs (the file, the step, what to do).
+USER_ERRORS = (workdir_lib.WorkdirLocked, checkpoint.CheckpointError, loop.NonFiniteError)
+
+
+def _run(run, config, workdir: str) -> None:
+  """Records the config in the workdir (warning about changes) and runs the trainer."""
   path = os.path.join(workdir, "config.json")
   text = config.to_json_best_effort(indent=2)
   if os.path.isfile(path):
     with open(path) as f:
-      changes = config_changes(json.load(f), json.loads(text))
+      changes = checkpoint.config_changes(json.load(f), json.loads(text))
     if changes:
       # A resumed run with another config continues its checkpoint under the new settings
       # (or fails to restore, if shapes changed): say so before it happens.
@@ -68,41 +112,50 @@ def main(argv):
     f.write(text)
   logging.info("config:\n%s", config)
   print(f"{config.trainer}: workdir {workdir}", flush=True)
-  try:
-    run(config, workdir)
-  except loop.Preempted as e:
-    print(e, file=sys.stderr)
-    sys.exit(128 + e.signum)
+  run(config, workdir)
 
 
-def config_changes(old: dict, new: dict, prefix: str = "") -> list[str]:
-  """'key: old -> new' for every leaf that differs between two nested config dicts."""
-  changes = []
-  for key in sorted(set(old) | set(new), key=str):
-    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      changes += config_changes(a, b, f"{prefix}{key}.")
-    elif a != b:
-      changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
-  return changes
+def prepare_argv(argv: list[str]) -> list[str]:
+  """`argv` with renamed config keys rewritten; exits with a readable message when the config
+  file is missing or an override names a key the config lacks.
 
-
-def check_overrides(argv: list[str]) -> None:
-  """Exits with the valid key names if a `--config.a.b=v` names a key the config lacks.
-
-  ml_collections would fail too, but with a traceback and at best one suggestion.
+  ml_collections would fail too, but with a traceback and at best one suggestion. A config
+  module may define `RENAMED = {"old.key": "new.key"}`: overrides of an old key (or of a field
+  under it) go to the new one, with a warning.
   """
-  overrides = [a[len("--config."):].split("=")[0] for a in argv if a.startswith("--config.")]
+  if any(a in ("--help", "-h", "--helpfull", "--helpshort") for a in argv):
+    return argv
+  if "--config" in argv[:-1]:  # "--config FILE" -> "--config=FILE"
+    i = argv.index("--config")
+    argv = argv[:i] + [f"--config={argv[i + 1]}"] + argv[i + 2:]
   files = [a[len("--config="):] for a in argv if a.startswith("--config=")]
-  if not overrides or not files:
-    return
+  if not files:
+    sys.exit("error: --config is required: --config=FILE[:ARG], one of\n" + config_catalog())
   path, _, arg = files[-1].partition(":")
+  if not os.path.isfile(path):
+    sys.exit(f"error: --config={files[-1]}: no config file at {path!r}; the config files "
+             f"are\n{config_catalog()}")
   spec = importlib.util.spec_from_file_location("_reasonjax_config", path)
-  if spec is None or not os.path.exists(path):
-    sys.exit(f"error: --config={files[-1]}: no config file at {path!r}")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
+  renamed = getattr(module, "RENAMED", {})
+  out = []
+  for a in argv:
+    if a.startswith("--config."):
+      key, eq, value = a[len("--config."):].partition("=")
+      for old, new in renamed.items():
+        if key == old or key.startswith(old + "."):
+          print(f"warning: --config.{key} is a renamed key: use --config.{new}{key[len(old):]}",
+                file=sys.stderr, flush=True)
+          a = f"--config.{new}{key[len(old):]}{eq}{value}"
+    out.append(a)
+  overrides = [a[len("--config."):].split("=")[0] for a in out if a.startswith("--config.")]
+  if not overrides:
+    return out
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except ValueError as e:
+    sys.exit(f"error: --config={files[-1]}: {e}")
   for override in overrides:
     node, walked = config, "config"
     for key in override.split("."):
@@ -111,8 +164,10 @@ def check_overrides(argv: list[str]) -> None:
         sys.exit(f"error: --config.{override}: {walked} has no key {key!r}; valid keys: "
                  f"{sorted(keys) or '(none: ' + walked + ' is a value)'}")
       node, walked = node[key], f"{walked}.{key}"
+  return out
 
 
 if __name__ == "__main__":
-  check_overrides(sys.argv[1:])
+  # ml_collections reads the config overrides from sys.argv itself.
+  sys.argv = [sys.argv[0], *prepare_argv(sys.argv[1:])]
   app.run(main)

@@ -38,6 +38,17 @@ def run_main(*flags, workdir, env=None, timeout=600) -> subprocess.CompletedProc
                         capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="session")
+def sft_workdir(tmp_path_factory):
+  """A finished `sft_arith:runlocal` run (its export: `<workdir>/hf`), shared by the tests that
+  start from a policy. Run as a user runs it, on one CPU device (not the session's 8)."""
+  workdir = tmp_path_factory.mktemp("sft_arith")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = run_main("--config=configs/sft_arith.py:runlocal", workdir=workdir, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return str(workdir)
+
+
 # Shapes not in any preset; initializer_range 0.2 gives logits of order 1-10, so that parity
 # tolerances are meaningful.
 HF_COMMON = dict(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
@@ -103,3 +114,54 @@ def random_params(cfg, seed: int, scale: float = 0.2):
   params = jax.tree_util.tree_map_with_path(
       leaf, models.param_shapes(cfg.replace(scan_layers=True)))
   return params if cfg.scan_layers else models.unstack_layers(params)
+
+
+# ----------------------------------------------------------------------------- GSM8K checkpoint
+
+# The read-only evaluation data beside the repository (see its README); tests that need it skip
+# without it.
+SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
+GSM8K_DIR = os.path.join(SHARED_DATA, "gsm8k")
+# Qwen2.5's chat format, without its default system prompt.
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+                 "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def tiny_gsm8k_tokenizer(texts, vocab_size: int = 400):
+  """A byte-level BPE `transformers` tokenizer trained on `texts`, with Qwen2.5's special tokens
+  (eos <|im_end|>, pad <|endoftext|>) and chat format; no download."""
+  import tokenizers as hf_tokenizers
+  import transformers
+  model = hf_tokenizers.Tokenizer(hf_tokenizers.models.BPE())
+  model.pre_tokenizer = hf_tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+  model.decoder = hf_tokenizers.decoders.ByteLevel()
+  trainer = hf_tokenizers.trainers.BpeTrainer(
+      vocab_size=vocab_size, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+      initial_alphabet=hf_tokenizers.pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+  model.train_from_iterator(texts, trainer)
+  fast = transformers.PreTrainedTokenizerFast(tokenizer_object=model, eos_token="<|im_end|>",
+                                              pad_token="<|endoftext|>")
+  fast.chat_template = CHAT_TEMPLATE
+  return fast
+
+
+@pytest.fixture(scope="session")
+def gsm8k_checkpoint(tmp_path_factory):
+  """A folder like Qwen2.5-0.5B-Instruct's, tiny and random: a Qwen2 checkpoint (hidden 64, 2
+  layers, vocabulary 512) and a BPE tokenizer trained on the first 300 GSM8K train rows."""
+  import json
+  import transformers
+  path = os.path.join(GSM8K_DIR, "train.jsonl")
+  if not os.path.exists(path):
+    pytest.skip(f"shared data not found at {SHARED_DATA}")
+  with open(path) as f:
+    rows = [json.loads(line) for _, line in zip(range(300), f)]
+  tokenizer = tiny_gsm8k_tokenizer([r["question"] + "\n" + r["answer"] for r in rows])
+  folder = str(tmp_path_factory.mktemp("gsm8k_checkpoint"))
+  tokenizer.save_pretrained(folder)
+  model = hf_model("qwen2", vocab_size=512, num_hidden_layers=2, max_position_embeddings=1024,
+                   eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                   bos_token_id=None)
+  assert len(tokenizer) <= model.config.vocab_size
+  model.save_pretrained(folder)
+  return folder

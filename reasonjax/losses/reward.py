@@ -7,8 +7,8 @@ here reads it only where a 0/1 mask is set, against a label placed at the same p
        outcome, written at that token.
   PRM: mask = the last token of each step (`batching.prm_example`'s `step_mask`), label = the
        step's label there (`step_labels`).
-  HRM: the PRM layout over single steps and merged pairs of consecutive steps
-       (`hierarchical_labels`).
+  HRM: the PRM layout over single steps and merged pairs of consecutive steps (the renderings
+       of `data.step_labels.hierarchical_units`).
 
 So one contract covers all three, packed rows included (each segment carries its own labels at
 its own positions): the loss is [B, T], the unweighted per-position value where mask is 1 and
@@ -19,13 +19,13 @@ the mean over sequences and for PRM the mean over steps. `bradley_terry` is per 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
 
 Array = jax.Array
-KINDS = ("bce", "mse")
+# The pointwise losses on a label (the `kind` of orm, prm and hrm): log-loss on the logit, or
+# the squared error of its sigmoid.
+LABEL_KINDS = ("bce", "mse")
 
 
 def last_token_mask(segment_ids: Array) -> Array:
@@ -47,8 +47,8 @@ def last_token_mask(segment_ids: Array) -> Array:
 
 def _pointwise(scores: Array, mask: Array, labels: Array, kind: str) -> Array:
   """The per-position loss of `kind` where mask is set, exactly 0 elsewhere. -> [B, T]."""
-  if kind not in KINDS:
-    raise ValueError(f"unknown reward loss kind {kind!r}; valid: {KINDS}")
+  if kind not in LABEL_KINDS:
+    raise ValueError(f"unknown reward loss kind {kind!r}; valid: {LABEL_KINDS}")
   if not scores.shape == mask.shape == labels.shape:
     raise ValueError(f"scores {scores.shape}, mask {mask.shape} and labels {labels.shape} "
                      "must have one shape [B, T]")
@@ -118,37 +118,12 @@ def prm(scores: Array, step_mask: Array, step_labels: Array, *, kind: str = "bce
   return _pointwise(scores, step_mask, step_labels, kind)
 
 
-def hierarchical_labels(step_labels: Sequence[float]) -> list[tuple[int, int, float]]:
-  """The units an HRM learns from: every single step and every pair of consecutive steps.
-
-  For L steps with labels y: (i, i, y_i) for i < L, then (i, i + 1, y_{i+1}) for i < L - 1,
-  so L + (L - 1) units (none for L = 0). Bounds are step indices, both inclusive.
-
-  A merged pair takes the label of its later step. HRM's point (Wang et al. 2025, "Towards
-  Hierarchical Multi-Step Reward Models for Enhanced Reasoning in Large Language Models") is
-  to judge two consecutive steps as one unit, so that a step that fixes an earlier error
-  makes the unit correct; what the unit leads to is where its later step ends. With
-  Monte-Carlo labels this is exact: the label is the value of the state after the unit,
-  whichever way the steps are grouped; their Hierarchical Node Compression likewise keeps a
-  merged node's score. With human labels it is the later step's rating (the authors' PRM800K
-  data builder labels a merged pair the same way).
-
-  Args:
-    step_labels: L labels of one solution, 0/1 or in [0, 1].
-
-  Returns:
-    [(start_step, end_step, label)], singles in order, then pairs in order.
-  """
-  labels = [float(y) for y in step_labels]
-  singles = [(i, i, y) for i, y in enumerate(labels)]
-  pairs = [(i, i + 1, labels[i + 1]) for i in range(len(labels) - 1)]
-  return singles + pairs
-
-
 def hrm(scores: Array, step_mask: Array, step_labels: Array, *, kind: str = "bce") -> Array:
   """Hierarchical reward model: the PRM loss over single steps and merged step pairs.
 
-  loss_t = prm(x, m, y)_t, where the marked tokens end the units of `hierarchical_labels`.
+  loss_t = prm(x, m, y)_t, where the marked tokens end the units: single steps and merged
+  pairs of consecutive steps (`data.step_labels.hierarchical_units`, which also says why a
+  merged pair takes its later step's label).
 
   A merged unit (i, i + 1) is rendered as its two steps with no step delimiter between them,
   so it has one step-end token, carrying the unit's label; e.g. `batching.prm_example` with

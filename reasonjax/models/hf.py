@@ -217,7 +217,7 @@ class _SafetensorsFolder:
         if not os.path.exists(file):
           raise CheckpointError(f"{index} names shard {file}, which does not exist")
     elif os.path.exists(single):
-      with safetensors.safe_open(single, framework="numpy") as f:
+      with _opened(single) as f:
         self.files = {name: single for name in f.keys()}
     else:
       raise CheckpointError(f"{path}: no model.safetensors or model.safetensors.index.json "
@@ -227,14 +227,28 @@ class _SafetensorsFolder:
   def _handle(self, name: str):
     file = self.files[name]
     if file not in self._open:
-      self._open[file] = safetensors.safe_open(file, framework="numpy")
+      self._open[file] = _opened(file)
     return self._open[file]
 
   def get(self, name: str) -> np.ndarray:
-    return self._handle(name).get_tensor(name)
+    try:
+      return self._handle(name).get_tensor(name)
+    except safetensors.SafetensorError as e:
+      raise CheckpointError(f"{self.files[name]}: cannot read tensor {name!r} ({e}); the file "
+                            "is truncated or corrupt") from None
 
   def shape(self, name: str) -> tuple[int, ...]:
     return tuple(self._handle(name).get_slice(name).get_shape())
+
+
+def _opened(file: str):
+  """`safetensors.safe_open(file)`; a truncated or garbled file raises a CheckpointError naming
+  it (safetensors' own error does not)."""
+  try:
+    return safetensors.safe_open(file, framework="numpy")
+  except (safetensors.SafetensorError, OSError) as e:
+    raise CheckpointError(f"{file}: not a readable safetensors file ({e}); it is truncated or "
+                          "corrupt: copy it again") from None
 
 
 def read_config(path: str) -> ModelConfig:

@@ -90,6 +90,30 @@ class SamplingConfig:
     return tuple((t,) for t in self.stop_token_ids) + self.stop_sequences
 
 
+# The fields a config section that samples (rollouts, pairs) holds, read by `sampling_config`.
+SECTION_FIELDS = ("max_new_tokens", "temperature", "top_p", "num_samples")
+
+
+def sampling_config(section, tokenizer, **overrides: Any) -> SamplingConfig:
+  """The `SamplingConfig` of a config section, ending rows at the tokenizer's EOS.
+
+  Args:
+    section: a ConfigDict or mapping with every field of `SECTION_FIELDS` (other fields, such
+      as batch_size, are ignored).
+    tokenizer: gives eos_token_id (`eos_id`) and pad_token_id (`pad_id`).
+    **overrides: `SamplingConfig` fields that replace the section's, e.g. `temperature=0.0`.
+
+  Returns:
+    The `SamplingConfig`.
+  """
+  missing = [k for k in SECTION_FIELDS if k not in section]
+  if missing:
+    raise ValueError(f"sampling section lacks {missing}; it needs {list(SECTION_FIELDS)}")
+  fields = {k: section[k] for k in SECTION_FIELDS}
+  fields |= {"eos_token_id": tokenizer.eos_id, "pad_token_id": tokenizer.pad_id} | overrides
+  return SamplingConfig(**fields)
+
+
 @flax.struct.dataclass
 class SamplingOutput:
   """Generated tokens. Rows are prompt-major: row b * num_samples + j is sample j of prompt b.
@@ -130,14 +154,6 @@ class _DecodeState:
 def bucket_length(length: int) -> int:
   """The prompt block width for `length`: the next power of two, at least MIN_BUCKET."""
   return max(MIN_BUCKET, 1 << max(0, int(length) - 1).bit_length())
-
-
-_TRACES = {"generate": 0}
-
-
-def num_traces() -> int:
-  """How many times the generate program has been traced (= compiled), for recompile checks."""
-  return _TRACES["generate"]
 
 
 def _ends(config: SamplingConfig, window: Array, count: Array) -> tuple[Array, Array]:
@@ -183,7 +199,6 @@ def _record(state: _DecodeState, logits: Array, rng: Array, config: SamplingConf
 @functools.partial(jax.jit, static_argnames=("model", "config"))
 def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *, model: Model,
               config: SamplingConfig) -> SamplingOutput:
-  _TRACES["generate"] += 1  # Python side effect: runs once per trace.
   batch, width = prompt_tokens.shape
   n, steps = config.num_samples, config.max_new_tokens
   # The inference layout, built once per call: layers unrolled so that each reads its own weight

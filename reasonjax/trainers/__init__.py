@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from reasonjax.trainers import dpo, grpo, model_report, reward_model, sft
+from reasonjax.trainers import dpo, grpo, loop, model_report, reward_model, sft
 
 TRAINERS: dict[str, Callable] = {
     "model_report": model_report.run,
@@ -20,4 +20,25 @@ def get(name: str) -> Callable:
   return TRAINERS[name]
 
 
-__all__ = ["TRAINERS", "get"]
+
+def check_config(config) -> None:
+  """Validates a config before any work, so that a bad value fails at start and not after a
+  nested SFT run and sampling: the loop's fields, the trainer's own (`CHECKS`), and those of a
+  nested SFT run (`config.sft`). Raises ValueError naming the field and the valid values."""
+  get(config.trainer)
+  if "checkpoint_every" in config:  # A trainer that runs `loop.train`.
+    loop.check_config(config)
+  if config.trainer in CHECKS:
+    CHECKS[config.trainer](config)
+  if "sft" in config and config.sft is not None:
+    check_config(config.sft)
+
+
+# Each trainer's check of its name-valued fields (loss, aggregation, rewards, ...).
+CHECKS: dict[str, Callable] = {
+    "dpo": dpo.check_config,
+    "reward_model": reward_model.check_config,
+    "grpo": grpo.check_config,
+}
+
+__all__ = ["CHECKS", "TRAINERS", "check_config", "get"]

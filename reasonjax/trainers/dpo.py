@@ -6,8 +6,8 @@ The policy (an SFT run's export, `config.init_from`, or trained first by the nes
 samples `pairs.num_samples` solutions per training problem; a correct and an incorrect solution
 of the same problem make a pair (chosen, rejected). The pairs are written to
 `workdir/pairs.jsonl` once, so a resumed run trains on the same data. The frozen reference is
-the starting policy. Any loss in `losses.preference.LOSSES` whose inputs are sequence
-log-probs, lengths and the chosen NLL can be named in `config.loss`.
+the starting policy. Any loss in `losses.preference.LOSSES` (inputs: sequence log-probs,
+lengths, the chosen NLL) can be named in `config.loss`.
 """
 
 from __future__ import annotations
@@ -115,8 +115,19 @@ def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, st
   return pairs
 
 
+def check_config(config) -> None:
+  """Raises ValueError for a missing policy to start from, a loss the trainer cannot run, or
+  one without its `loss_kwargs` entry."""
+  experiment.check_policy_source(config)
+  loss_inputs(config.loss)
+  if config.loss not in config.loss_kwargs:
+    raise ValueError(f"config.loss={config.loss!r} has no config.loss_kwargs entry; "
+                     f"configured losses: {sorted(config.loss_kwargs)}")
+
+
 def run(config, workdir: str) -> dict:
   """Samples pairs from the policy, trains, evaluates; returns the final evaluation metrics."""
+  check_config(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
   path = experiment.policy_path(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
@@ -128,9 +139,6 @@ def run(config, workdir: str) -> dict:
       examples, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())
   uses_reference = "ref_logp_w" in loss_inputs(config.loss)
-  if config.loss not in config.loss_kwargs:
-    raise ValueError(f"config.loss={config.loss!r} has no config.loss_kwargs entry; "
-                     f"configured losses: {sorted(config.loss_kwargs)}")
   loss_kwargs = config.loss_kwargs[config.loss].to_dict()
   loss_fn = functools.partial(preference_loss, model=model, loss=config.loss,
                               loss_kwargs=loss_kwargs,
@@ -139,5 +147,5 @@ def run(config, workdir: str) -> dict:
                             params=params, frozen=params if uses_reference else None,
                             evaluate=experiment.evaluator(config, cfg, task, tokenizer))
   experiment.export(workdir, cfg, state.params, {"steps": int(state.step), "pairs": len(pairs),
-                                                 **final})
+                                                 **final}, tokenizer=tokenizer)
   return final

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from reasonjax.data.tasks import ANSWER_PREFIX, Problem, Task
-from reasonjax.sampling import SamplingConfig, generate_texts
+from reasonjax.sampling import generate_texts, sampling_config
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -47,8 +47,9 @@ def task_accuracy(model, params, tokenizer, task: Task, problems: Sequence[Probl
   if num_samples and not 1 <= k <= num_samples:
     raise ValueError(f"pass@k needs 1 <= k <= num_samples, got k={k}, num_samples={num_samples}")
   prompts = [task.prompt(p) for p in problems]
-  base = SamplingConfig(max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_id,
-                        pad_token_id=tokenizer.pad_id)
+  # Greedy first; the samples take the whole distribution (top_p 1.0): pass@k of the policy.
+  base = sampling_config({"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0,
+                          "num_samples": 1}, tokenizer)
   greedy = [t[0] for t in generate_texts(model, params, tokenizer, prompts, rng, base,
                                          batch_size=batch_size, progress="eval greedy")]
   correct = [task.check_answer(p, t) for p, t in zip(problems, greedy)]

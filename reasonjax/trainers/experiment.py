@@ -17,8 +17,8 @@ import jax
 from reasonjax import models
 from reasonjax.data import tasks, tokenizers
 from reasonjax.models import ModelConfig
-from reasonjax.sampling import SamplingConfig, generate_texts
-from reasonjax.trainers import evaluate as evaluate_lib
+from reasonjax.sampling import generate_texts, sampling_config
+from reasonjax.trainers import evaluate as evaluate_lib, loop
 
 HF_DIR = "hf"  # Where a finished run exports its parameters (a Hugging Face folder).
 
@@ -56,14 +56,35 @@ def evaluator(config, cfg: ModelConfig, task: tasks.Task, tokenizer: tokenizers.
   return evaluate
 
 
-def export(workdir: str, cfg: ModelConfig, params, results: dict[str, Any]) -> str:
-  """Writes the parameters as a Hugging Face folder `workdir/hf` and `workdir/results.json`."""
+def export(workdir: str, cfg: ModelConfig, params, results: dict[str, Any],
+           tokenizer: tokenizers.Tokenizer | None = None) -> str:
+  """Writes the parameters (and the tokenizer's files) as a Hugging Face folder `workdir/hf`,
+  and `workdir/results.json`.
+
+  Raises:
+    loop.NonFiniteError: a parameter holds a NaN or Inf; nothing is written.
+  """
   path = os.path.join(workdir, HF_DIR)
+  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(
+      _all_finite(params)) if not bool(v)]
+  if bad:
+    raise loop.NonFiniteError(
+        f"refusing to export {path}: {len(bad)} parameter array(s) hold NaN or Inf "
+        f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); the run diverged. Its "
+        "checkpoints in workdir/checkpoints hold only finite steps.")
   if jax.process_index() == 0:
     models.save_hf(cfg, jax.device_get(params), path)
+    if tokenizer is not None:
+      tokenizer.save(path)
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
   return path
+
+
+@jax.jit
+def _all_finite(params):
+  """bool [] per leaf: every element is finite (on the devices: sharded leaves stay put)."""
+  return jax.tree.map(lambda x: jax.numpy.all(jax.numpy.isfinite(x)), params)
 
 
 def model_section(config, hf_path: str) -> dict[str, Any]:
@@ -73,23 +94,32 @@ def model_section(config, hf_path: str) -> dict[str, Any]:
 
 def rollouts(section, model, params, task: tasks.Task, tokenizer: tokenizers.Tokenizer,
              problems, rng: jax.Array, *, progress: str | None = None) -> list[list[str]]:
-  """`section.num_samples` solutions per problem at `section.temperature` (a config section
-  with num_samples, temperature, max_new_tokens, batch_size)."""
-  config = SamplingConfig(max_new_tokens=section.max_new_tokens,
-                          temperature=section.temperature, num_samples=section.num_samples,
-                          eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.pad_id)
+  """`section.num_samples` solutions per problem (a config section with the fields of
+  `sampling.sampling_config` and batch_size, e.g. `configs.common.rollouts`)."""
+  config = sampling_config(section, tokenizer)
   return generate_texts(model, params, tokenizer, [task.prompt(p) for p in problems], rng,
                         config, batch_size=max(1, section.batch_size // section.num_samples),
                         progress=progress)
 
 
+def check_policy_source(config) -> None:
+  """Raises ValueError unless the method has a policy to start from: `config.init_from` names a
+  Hugging Face folder, or it is empty and `config.sft` is a nested SFT run to make one."""
+  if config.init_from:
+    if not os.path.isfile(os.path.join(config.init_from, "config.json")):
+      raise ValueError(f"config.init_from={config.init_from!r}: no config.json there; "
+                       "expected a Hugging Face folder, e.g. an SFT run's workdir/hf")
+  elif "sft" not in config:
+    raise ValueError("config.init_from is empty and the config has no nested SFT run "
+                     "(config.sft) to make a policy: set --config.init_from to a Hugging Face "
+                     "checkpoint folder")
+
+
 def policy_path(config, workdir: str) -> str:
   """The policy a method starts from: `config.init_from` (a Hugging Face folder), or else the
   export of the nested `config.sft` run in `workdir/sft`, trained first if it is not there."""
+  check_policy_source(config)
   if config.init_from:
-    if not os.path.isfile(os.path.join(config.init_from, "config.json")):
-      raise FileNotFoundError(f"config.init_from={config.init_from!r}: no config.json there; "
-                              "expected a Hugging Face folder, e.g. an SFT run's workdir/hf")
     return config.init_from
   sft_dir = os.path.join(workdir, "sft")
   path = os.path.join(sft_dir, HF_DIR)

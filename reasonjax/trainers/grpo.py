@@ -120,14 +120,8 @@ class Rollouts:
     self.group, self.epochs, self.minibatches = (section.num_samples, config.epochs,
                                                  config.minibatches)
     self.advantage = dict(config.advantage)
-    self.sampling = sampler_lib.SamplingConfig(
-        max_new_tokens=section.max_new_tokens, temperature=section.temperature,
-        top_p=section.top_p, num_samples=section.num_samples, eos_token_id=tokenizer.eos_id,
-        pad_token_id=tokenizer.pad_id)
-    if section.prompts % config.minibatches:
-      raise ValueError(f"rollouts.prompts={section.prompts} groups must split into "
-                       f"config.minibatches={config.minibatches} equal minibatches (a "
-                       "minibatch holds whole groups)")
+    self.sampling = sampler_lib.sampling_config(section, tokenizer)
+    _check_minibatches(section.prompts, config.minibatches)
     examples = [batching.prompt_example(tokenizer, task.prompt(p), i)
                 for i, p in enumerate(problems)]
     width = max(len(e["prompt"]) for e in examples)
@@ -200,8 +194,36 @@ def results_table(start: dict[str, float], final: dict[str, float]) -> str:
   return "\n".join(lines)
 
 
+def check_config(config) -> None:
+  """Raises ValueError naming a bad name-valued field (aggregation, advantage scale, importance,
+  KL estimator, reward, verifier) or a minibatch split that does not fit, before any work."""
+  experiment.check_policy_source(config)
+  choices = {"aggregation": (config.aggregation, policy.AGGREGATIONS),
+             "advantage.scale": (config.advantage.scale, policy.ADVANTAGE_SCALES),
+             "policy_loss.importance": (config.policy_loss.importance, policy.IMPORTANCE_LEVELS),
+             "policy_loss.kl_estimator": (config.policy_loss.kl_estimator,
+                                          policy.KL_ESTIMATORS),
+             "verifier": (config.verifier, scoring.VERIFIERS)}
+  for name, (value, valid) in choices.items():
+    if value not in valid:
+      raise ValueError(f"config.{name}={value!r}; expected one of {sorted(valid)}")
+  unknown = sorted(set(config.rewards) - set(scoring.REWARDS))
+  if unknown:
+    raise ValueError(f"config.rewards has unknown reward(s) {unknown}; valid: "
+                     f"{list(scoring.REWARDS)}")
+  _check_minibatches(config.rollouts.prompts, config.minibatches)
+
+
+def _check_minibatches(prompts: int, minibatches: int) -> None:
+  if prompts % minibatches:
+    raise ValueError(f"rollouts.prompts={prompts} groups must split into "
+                     f"config.minibatches={minibatches} equal minibatches (a minibatch holds "
+                     "whole groups)")
+
+
 def run(config, workdir: str) -> dict:
   """Evaluates the starting policy, trains with GRPO, evaluates; returns the results."""
+  check_config(config)
   if jax.process_count() > 1:
     # Every process would sample the same prompts, and pass its host-local prompt block to a
     # program that reads it as one global array.
@@ -225,10 +247,10 @@ def run(config, workdir: str) -> dict:
   if start:
     print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
   problems = task.generate(config.task.num_train, seed=config.seed, split="train")
-  scorer = scoring.Scorer(scoring.TaskVerifier(task), dict(config.rewards),
+  scorer = scoring.Scorer(scoring.make_verifier(config.verifier, task), dict(config.rewards),
                           num_workers=config.scorer_workers)
   rollouts = Rollouts(config, model, task, tokenizer, problems, scorer)
-  loss_kwargs = dict(config.loss)
+  loss_kwargs = dict(config.policy_loss)
   loss_kwargs["dual_clip"] = loss_kwargs["dual_clip"] or None  # 0 in a config: off
   loss_fn = functools.partial(grpo_loss, model=model, temperature=config.rollouts.temperature,
                               aggregation=config.aggregation,
@@ -239,7 +261,8 @@ def run(config, workdir: str) -> dict:
                config.rollouts.num_samples, steps_per_iteration)
   try:
     state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=rollouts,
-                              params=params, frozen=params if config.loss.beta > 0 else None,
+                              params=params,
+                              frozen=params if config.policy_loss.beta > 0 else None,
                               evaluate=evaluate)
   finally:
     scorer.close()
@@ -249,5 +272,5 @@ def run(config, workdir: str) -> dict:
     results |= {f"{prefix}_{k}": v for k, v in values.items()}
   if start and final:
     print(results_table(start, final), flush=True)
-  experiment.export(workdir, cfg, state.params, results)
+  experiment.export(workdir, cfg, state.params, results, tokenizer=tokenizer)
   return results

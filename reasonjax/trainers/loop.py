@@ -4,24 +4,31 @@
                                    params=init_params, evaluate=evaluate_fn)
 
 What it guarantees:
-  - The run resumes from the newest checkpoint in `workdir/checkpoints` (parameters, optimizer,
-    rng, step and the data iterator's position), so a resumed run equals an uninterrupted one.
+  - The run resumes from the newest intact checkpoint in `workdir/checkpoints` (parameters,
+    optimizer, rng, step and the data iterator's position), so a resumed run equals an
+    uninterrupted one. A checkpoint that cannot be read back or fails its checksums is reported
+    and skipped for the one before it (`config.resume_from`, `checkpoint.Checkpointer`); one
+    written for another state shape stops the run with the config keys that changed.
   - SIGTERM or Ctrl-C saves a checkpoint of the current step and raises `Preempted`; a second
     Ctrl-C aborts without saving. A crash (or SIGKILL) loses the steps since the last checkpoint.
-  - An update whose loss or gradients are not finite is skipped (`optim.make_optimizer`) and
-    counted; `max_nonfinite_steps` of them in a row stop the run with `NonFiniteError`, leaving
-    the last checkpoint (all of whose steps were finite) as it was.
+  - An update whose loss, gradients, update or new parameters are not finite is skipped
+    (`optim.make_optimizer`) and counted; no checkpoint is saved while such a streak lasts, and
+    `max_nonfinite_steps` of them in a row stop the run with `NonFiniteError`, naming the last
+    checkpoint (all of whose steps were finite).
   - Metrics go to `workdir/metrics.jsonl` and TensorBoard every `log_every` steps; the progress
-    bar shows loss, tokens/s and MFU (model FLOPs over the devices' peak FLOP/s).
+    bar shows loss (and reward, for on-policy methods), tokens/s and MFU (model FLOPs over the
+    devices' peak FLOP/s).
   - Step N+1 is dispatched before step N's metrics are read, so the host never stalls the device.
 
 Config fields read here: seed, steps, accum_steps, log_every, eval_every, eval_at_start,
-checkpoint_every, keep_checkpoints, optimizer, mesh, axis_rules (`configs/common.py:loop`).
+checkpoint_every (0: only at the end and when stopped), keep_checkpoints, resume_from, optimizer,
+mesh, axis_rules (`configs/common.py:loop`); `check_config` validates them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -42,14 +49,41 @@ from reasonjax.trainers import optim, state as state_lib, step as step_lib
 class Preempted(Exception):  # noqa: N818 -- it is not an error: rerun the command to resume.
   """A signal stopped the run after saving a checkpoint; `signum` says which."""
 
-  def __init__(self, signum: int, step: int):
-    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step} after saving a "
-                     "checkpoint; rerun the same command to resume")
-    self.signum, self.step = signum, step
+  def __init__(self, signum: int, step: int, saved: int | None = None):
+    saved_text = ("after saving a checkpoint" if saved == step else
+                  f"(its updates were not finite: the last checkpoint is of step {saved})")
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step} {saved_text}; "
+                     "rerun the same command to resume")
+    self.signum, self.step, self.saved = signum, step, saved
 
 
 class NonFiniteError(RuntimeError):
-  """Too many consecutive steps had a non-finite loss or gradient."""
+  """Too many consecutive steps had a non-finite loss, gradient or update."""
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the first loop field (module docstring) with an invalid value."""
+  positive = ("steps", "log_every", "keep_checkpoints", "accum_steps", "batch_size")
+  for name in positive:
+    if name in config and not config[name] >= 1:
+      raise ValueError(f"config.{name}={config[name]!r}; expected a positive integer")
+  for name in ("checkpoint_every", "eval_every"):
+    if not config[name] >= 0:
+      raise ValueError(f"config.{name}={config[name]!r}; expected 0 (off: only at the end) or a "
+                       "positive number of steps")
+  resume_from = str(config.resume_from)
+  if resume_from not in checkpoint.RESUME_FROM and not resume_from.isdigit():
+    raise ValueError(f"config.resume_from={resume_from!r}; expected one of "
+                     f"{checkpoint.RESUME_FROM} or a checkpoint's step number")
+  optim.check_fields(optim.FIELDS | {"total_steps": config.steps} | dict(config.optimizer))
+
+
+# Batch fields that measure the machine (wall-clock time, speed), not the data: left out of the
+# batch fingerprint so that a resumed run's fingerprints match an uninterrupted run's.
+TIMING_SUFFIXES = ("_seconds", "_per_s")
+# Shown on the progress bar when a step's metrics have them: name -> metric.
+PROGRESS = {"loss": "loss", "reward": "rollout_reward_mean", "tokens/s": "tokens_per_s",
+            "mfu": "mfu"}
 
 
 @contextlib.contextmanager
@@ -76,11 +110,22 @@ def _stop_requests():
 
 
 def batch_fingerprint(batch: dict[str, np.ndarray]) -> int:
-  """crc32 of the batch's arrays (sorted by key): logged so resumed runs can be compared."""
+  """crc32 of the batch's arrays (sorted by key) but timing fields (TIMING_SUFFIXES): logged so
+  resumed runs can be compared."""
   crc = 0
   for key in sorted(batch):
-    crc = zlib.crc32(np.ascontiguousarray(batch[key]).tobytes(), crc)
+    if not key.endswith(TIMING_SUFFIXES):
+      crc = zlib.crc32(np.ascontiguousarray(batch[key]).tobytes(), crc)
   return crc
+
+
+def _logged_final_eval(workdir: str, step: int) -> dict[str, float]:
+  """The evaluation a run that ended at `step` logged before it was stopped (or {})."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return {}
+  rows = [row for row in metrics_lib.read_jsonl(path) if row["step"] == step]
+  return {k[len("eval/"):]: v for row in rows for k, v in row.items() if k.startswith("eval/")}
 
 
 def _next_batch(batches, state: state_lib.TrainState) -> dict[str, np.ndarray]:
@@ -114,23 +159,32 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
   Returns:
     (final state, metrics of the final evaluation or {}).
   """
+  check_config(config)
   mesh = sharding.make_mesh(**config.mesh)
   rules = tuple(config.axis_rules)
   # The schedule spans the run unless the config says otherwise.
   opt = optim.FIELDS | {"total_steps": config.steps} | dict(config.optimizer)
   tx = optim.make_optimizer(opt)
   schedule, max_nonfinite = optim.learning_rate_schedule(opt), opt["max_nonfinite_steps"]
+  # Stored in each checkpoint: a checkpoint that no longer fits names the keys that changed.
+  config_dict = json.loads(config.to_json_best_effort())
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.keep_checkpoints)
   with sharding.axis_rules(mesh, rules):
     abstract, shardings = state_lib.abstract_state(cfg, tx, mesh=mesh, rules=rules)
-    start = ckpt.latest_step()
-    if start is not None:
-      state, data_state = ckpt.restore(start, abstract)
+    try:
+      found = ckpt.restore_for_resume(abstract, resume_from=str(config.resume_from),
+                                      config=config_dict)
+    except BaseException:
+      ckpt.close()
+      raise
+    if found is not None:
+      start, state, data_state = found
       if data_state is not None:
         batches.set_state(data_state)
       tqdm.tqdm.write(f"resumed from the checkpoint of step {start} in {ckpt.directory}")
     else:
+      start = None
       state, _ = state_lib.init_state(cfg, tx, jax.random.key(config.seed), mesh=mesh,
                                       rules=rules, params=params)
     del params  # Now in the state; the caller's copy may be freed.
@@ -144,6 +198,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     train_step = step_lib.jit_train_step(
         loss_fn, tx, shardings, batch_shardings,
         shardings.params if frozen_args else None, accum_steps=config.accum_steps)
+    # A run stopped after its final checkpoint has logged its final evaluation, or not.
+    final_eval = _logged_final_eval(workdir, step) if step == config.steps else {}
     writer = metrics_lib.MetricWriter(workdir, resume_step=step)
     # Tokens through the model per step on this process: every `*inputs` field (preference
     # pairs have two). MFU compares this process's FLOPs with its own devices' peak.
@@ -151,8 +207,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     local_tokens = sum(x.size for x in inputs)
     flops_per_step = models.flops_per_token(cfg, inputs[0].shape[-1]) * local_tokens if inputs else 0
     peak = metrics_lib.peak_flops(cfg.dtype)
-    final_eval: dict[str, float] = {}
-    last_saved = start
+    last_saved = start  # The newest checkpoint, all of whose steps were finite.
+    streak = 0  # Consecutive skipped (non-finite) updates up to the last step reported.
 
     def run_eval(at_step: int) -> dict[str, float]:
       result = evaluate(state.params, jax.random.fold_in(jax.random.key(config.seed + 1), at_step))
@@ -161,12 +217,22 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
                       " ".join(f"{k}={v:.4g}" for k, v in result.items()))
       return result
 
+    def save(at_step: int) -> None:
+      nonlocal last_saved
+      if streak:
+        tqdm.tqdm.write(f"step {at_step}: no checkpoint while updates are skipped ({streak} "
+                        "non-finite in a row); the last one is of step "
+                        f"{last_saved if last_saved is not None else '(none)'}")
+        return
+      ckpt.save(at_step, state, data_state, config=config_dict, force=True)
+      last_saved = at_step
+
     bar = tqdm.tqdm(total=config.steps, initial=step, desc=config.get("name", "train"),
                     dynamic_ncols=True)
     timer = None  # (time, step) of the last metrics read; None after a pause (compile, eval)
 
     def report(done: int, device_metrics, fingerprint: int):
-      nonlocal timer
+      nonlocal timer, streak
       values = _as_floats(jax.device_get(device_metrics))
       now = time.perf_counter()
       if timer is not None and done > timer[1]:
@@ -179,14 +245,18 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       if done % config.log_every == 0 or done == config.steps:
         writer.write(done, values)
       bar.update(done - bar.n)
-      bar.set_postfix({k: f"{values[k]:.3g}" for k in ("loss", "tokens_per_s", "mfu")
-                       if k in values}, refresh=False)
-      if values["nonfinite_streak"] >= max_nonfinite:
+      bar.set_postfix({name: f"{values[key]:.3g}" for name, key in PROGRESS.items()
+                       if key in values}, refresh=False)
+      streak = int(values["nonfinite_streak"])
+      if streak >= max_nonfinite:
+        where = (f"the checkpoint of step {last_saved} in {ckpt.directory} is the last one "
+                 "saved, and all its steps were finite; rerun to resume from it"
+                 if last_saved is not None else
+                 f"no checkpoint was saved; rerun to start again")
         raise NonFiniteError(
-            f"step {done}: {int(values['nonfinite_streak'])} consecutive steps had a non-finite "
-            f"loss or gradient (optimizer.max_nonfinite_steps={max_nonfinite}); the last "
-            f"checkpoint (step {last_saved}) in {ckpt.directory} is kept. Lower "
-            "optimizer.learning_rate or check the data, then rerun to resume from it.")
+            f"step {done}: {streak} consecutive steps had a non-finite loss, gradient or update "
+            f"(optimizer.max_nonfinite_steps={max_nonfinite}), so none of them was applied; "
+            f"{where}. Lower optimizer.learning_rate or check the data first.")
 
     pending = None  # (step, device metrics, fingerprint) of the step in flight
     try:
@@ -204,27 +274,28 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
           # After the report: an on-policy source waits for step N to sample with its result.
           host_batch = _next_batch(batches, state) if step < config.steps else None
           pending = (step, device_metrics, fingerprint)
-          save = step % config.checkpoint_every == 0 or step == config.steps
+          save_now = ((config.checkpoint_every and step % config.checkpoint_every == 0)
+                      or step == config.steps)
           evaluate_now = (evaluate is not None and config.eval_every
                           and step % config.eval_every == 0 and step < config.steps)
-          if save or evaluate_now:
-            # A checkpoint's metrics (and evaluation) are on disk before the checkpoint is.
+          if save_now or evaluate_now:
+            # A checkpoint's metrics (and evaluation) are on disk before the checkpoint is, and
+            # its step's streak is known.
             report(*pending)
             pending = None
           if evaluate_now:
             run_eval(step)
             timer = None
-          if save:
-            ckpt.save(step, state, data_state, force=True)
-            last_saved = step
+          if save_now:
+            save(step)
         if pending is not None:
           report(*pending)
         if stop["signum"] is not None:
           if last_saved != step:
-            ckpt.save(step, state, data_state, force=True)
+            save(step)
           ckpt.wait()
-          raise Preempted(stop["signum"], step)
-      if evaluate is not None:
+          raise Preempted(stop["signum"], step, last_saved)
+      if evaluate is not None and not final_eval:
         final_eval = run_eval(step)
     finally:
       bar.close()

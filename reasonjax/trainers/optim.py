@@ -7,6 +7,7 @@ guard that skips updates with non-finite gradients.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -34,20 +35,30 @@ def _decay_mask(params):
   return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def make_optimizer(opt: Mapping[str, Any]) -> optax.GradientTransformation:
-  """AdamW + clipping from `opt` (keys as in FIELDS; unknown keys raise with the valid ones).
-
-  Updates whose gradients hold a NaN or Inf are skipped (`skip_nonfinite`); the loop stops the
-  run once `nonfinite_streak` reaches max_nonfinite_steps.
-  """
+def check_fields(opt: Mapping[str, Any]) -> dict[str, Any]:
+  """`opt` over FIELDS' defaults; raises ValueError naming an unknown field or a bad value."""
   opt = dict(opt)
   unknown = sorted(set(opt) - set(FIELDS))
   if unknown:
     raise ValueError(f"unknown optimizer field(s) {unknown}; valid: {sorted(FIELDS)}")
   opt = FIELDS | opt
+  for name, value in opt.items():
+    if not math.isfinite(value):
+      raise ValueError(f"optimizer.{name}={value}; expected a finite number")
   for name in ("learning_rate", "total_steps", "max_nonfinite_steps"):
     if opt[name] <= 0:
       raise ValueError(f"optimizer.{name} must be positive, got {opt[name]}")
+  return opt
+
+
+def make_optimizer(opt: Mapping[str, Any]) -> optax.GradientTransformation:
+  """AdamW + clipping from `opt` (keys as in FIELDS; unknown keys raise with the valid ones).
+
+  Updates whose gradients, update or new parameters hold a NaN or Inf are skipped
+  (`skip_nonfinite`); the loop stops the run once `nonfinite_streak` reaches
+  max_nonfinite_steps.
+  """
+  opt = check_fields(opt)
   tx = optax.chain(
       optax.clip_by_global_norm(opt["clip_norm"]) if opt["clip_norm"] > 0 else optax.identity(),
       optax.adamw(learning_rate_schedule(opt), b1=opt["b1"], b2=opt["b2"], eps=opt["eps"],
@@ -62,8 +73,10 @@ class SkipNonfiniteState(NamedTuple):
 
 
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-  """`inner`, except that gradients with a NaN or Inf (or a global norm that overflows float32)
-  give zero updates and leave `inner`'s state as it was.
+  """`inner`, except that a step whose gradients, update or updated parameters hold a NaN or
+  Inf (or a global norm that overflows float32) gives zero updates and leaves `inner`'s state as
+  it was. Finite gradients can still give a non-finite update (a NaN or huge learning rate, an
+  overflow in the moments), and a finite update can still overflow the parameters it is added to.
 
   Unlike optax.apply_if_finite it has no branch: the update is always computed and then kept or
   dropped with selects, which XLA fuses into the update's own loops. A `lax.cond` copies its
@@ -76,8 +89,10 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     return SkipNonfiniteState(inner.init(params), zero, zero)
 
   def update(grads, state, params=None):
-    finite = jnp.isfinite(optax.global_norm(grads))
     updates, inner_state = inner.update(grads, state.inner_state, params)
+    finite = jnp.isfinite(optax.global_norm(grads)) & _all_finite(updates)
+    if params is not None:
+      finite &= _all_finite(optax.apply_updates(params, updates))
     updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), updates)
     inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
                                state.inner_state)
@@ -86,6 +101,11 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
                                        state.total_notfinite + skipped)
 
   return optax.GradientTransformation(init, update)
+
+
+def _all_finite(tree) -> jax.Array:
+  """bool []: every element of every leaf is finite (a norm could overflow on finite values)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def nonfinite_streak(opt_state) -> jax.Array:

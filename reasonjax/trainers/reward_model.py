@@ -4,12 +4,16 @@
 
 The reward model is the policy (an SFT export, `config.init_from`, or trained first by the nested
 `config.sft`) with its LM head replaced by a freshly initialised score head. The policy samples
-`rollouts.num_samples` solutions per problem; the task labels them:
+`rollouts.num_samples` solutions per problem; the task labels them at `config.granularity`
+(one of GRANULARITIES):
 
   orm: one label per solution, its final answer's correctness, at the solution's last token.
   prm: one label per step, the task's `check_steps` ground truth, at each step's last token; all
        steps of a solution are scored in one forward pass.
-  hrm: the PRM labels over single steps and over merged pairs of consecutive steps.
+  hrm: the PRM labels over single steps and over merged pairs of consecutive steps
+       (`data.step_labels.hierarchical_units`).
+
+`config.label_kind` (one of `losses.reward.LABEL_KINDS`) is the pointwise loss on the labels.
 
 Labelled samples are kept in `workdir/samples.jsonl` (train and test), so a resumed run sees the
 same data. Evaluation on the test problems' samples reports the classification accuracy and
@@ -30,21 +34,23 @@ import numpy as np
 from absl import logging
 
 from reasonjax import models
-from reasonjax.data import batching
+from reasonjax.data import batching, step_labels
 from reasonjax.losses import reward, tokens
 from reasonjax.trainers import experiment, loop
 
-KINDS = ("orm", "prm", "hrm")
+# What a label judges: a whole solution, a step, or steps and merged pairs of steps.
+GRANULARITIES = ("orm", "prm", "hrm")
 
 
-def reward_loss(params, batch, rng, frozen=None, *, model, loss: str, kind: str):
-  """Mean over marked positions of `reward.LOSSES[loss]`; batch from `batching.prm_example`
-  (inputs, step_mask, step_labels, positions, segment_ids: [B, T]). Weight: marked positions."""
+def reward_loss(params, batch, rng, frozen=None, *, model, granularity: str, kind: str):
+  """Mean over marked positions of `reward.LOSSES[granularity]` with label loss `kind`; batch
+  from `batching.prm_example` (inputs, step_mask, step_labels, positions, segment_ids: [B, T]).
+  Weight: marked positions."""
   del rng, frozen
   scores = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
                        segment_ids=batch["segment_ids"], method=models.Model.score)
   mask, labels = batch["step_mask"], batch["step_labels"]
-  per_position = reward.LOSSES[loss](scores, mask, labels, kind=kind)
+  per_position = reward.LOSSES[granularity](scores, mask, labels, kind=kind)
   value = tokens.reduce(per_position, mask, "token_mean")
   count = jnp.sum(mask)
   hits = jnp.sum(((scores > 0) == (labels > 0.5)) * mask)
@@ -53,35 +59,29 @@ def reward_loss(params, batch, rng, frozen=None, *, model, loss: str, kind: str)
                          "labels": count})
 
 
-def units(task, problem, text: str, kind: str) -> list[tuple[list[str], list[float]]]:
+def units(task, problem, text: str, granularity: str) -> list[tuple[list[str], list[float]]]:
   """The labelled renderings of one solution: [(steps, labels)], each one example.
 
-  orm: the whole text as one unit; prm: its steps; hrm: its steps, then the steps merged in
-  pairs from step 0, then from step 1 (a merged pair takes its later step's label).
+  orm: the whole text as one unit; prm: its steps; hrm: `step_labels.hierarchical_units` of
+  its steps (the steps, then merged pairs of consecutive steps).
   """
-  if kind not in KINDS:
-    raise ValueError(f"unknown reward model kind {kind!r}; valid: {KINDS}")
-  if kind == "orm":
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"unknown reward model granularity {granularity!r}; valid: "
+                     f"{GRANULARITIES}")
+  if granularity == "orm":
     return [([text.strip()], [float(task.check_answer(problem, text))])]
   steps = task.parse_steps(text)
   if not steps:
     return []
   labels = [float(c) for c in task.check_steps(problem, steps).correct]
-  out = [(steps, labels)]
-  if kind == "hrm":
-    for first in (0, 1):
-      merged, merged_labels = steps[:first], labels[:first]
-      for i in range(first, len(steps), 2):
-        merged.append(" ".join(steps[i:i + 2]))
-        merged_labels.append(labels[min(i + 1, len(steps) - 1)])
-      if len(merged) < len(steps):
-        out.append((merged, merged_labels))
-  return out
+  if granularity == "hrm":
+    return step_labels.hierarchical_units(steps, labels)
+  return [(steps, labels)]
 
 
-def solution_score(scores: np.ndarray, kind: str) -> float:
+def solution_score(scores: np.ndarray, granularity: str) -> float:
   """A solution's score from its unit scores [n]: the last (orm) or the weakest step."""
-  return float(scores[-1] if kind == "orm" else scores.min())
+  return float(scores[-1] if granularity == "orm" else scores.min())
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -133,10 +133,21 @@ def _score_fn(model, batch_size: int):
   return run
 
 
+def check_config(config) -> None:
+  """Raises ValueError for an unknown granularity or label kind: checked before sampling the
+  data, not first when the loss is traced."""
+  experiment.check_policy_source(config)
+  if config.granularity not in GRANULARITIES:
+    raise ValueError(f"config.granularity={config.granularity!r}; expected one of "
+                     f"{GRANULARITIES}")
+  if config.label_kind not in reward.LABEL_KINDS:
+    raise ValueError(f"config.label_kind={config.label_kind!r}; expected one of "
+                     f"{reward.LABEL_KINDS}")
+
+
 def run(config, workdir: str) -> dict:
   """Labels policy samples, trains the reward model, evaluates; returns the final metrics."""
-  if config.loss not in KINDS:
-    raise ValueError(f"config.loss={config.loss!r}; expected one of {KINDS}")
+  check_config(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
   path = experiment.policy_path(config, workdir)
   policy_cfg, policy_params = models.load(experiment.model_section(config, path),
@@ -150,10 +161,11 @@ def run(config, workdir: str) -> dict:
   problems, rows = data["train"]
   train = [batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), steps, labels)
            for row in rows
-           for steps, labels in units(task, problems[row["problem"]], row["text"], config.loss)]
+           for steps, labels in units(task, problems[row["problem"]], row["text"],
+                                      config.granularity)]
   if not train:
     raise ValueError("no labelled training samples: the policy's solutions had no steps")
-  logging.info("%s: %d training examples", config.loss, len(train))
+  logging.info("%s: %d training examples", config.granularity, len(train))
   batches = batching.batches(
       train, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
       pack=config.pack, seed=config.seed, process_index=jax.process_index(),
@@ -162,7 +174,8 @@ def run(config, workdir: str) -> dict:
   problems, rows = data["test"]
   test = [(row, batching.pad_example(batching.prm_example(
               tokenizer, task.prompt(problems[row["problem"]]), *u[0]), config.seq_len))
-          for row in rows if (u := units(task, problems[row["problem"]], row["text"], config.loss))]
+          for row in rows
+          if (u := units(task, problems[row["problem"]], row["text"], config.granularity))]
   score = _score_fn(models.Model(cfg), config.eval.batch_size)
 
   def evaluate(params, rng):
@@ -172,16 +185,17 @@ def run(config, workdir: str) -> dict:
     labels = np.concatenate([e["step_labels"][e["step_mask"] > 0] for _, e in test])
     best: dict[int, tuple[float, bool]] = {}
     for (row, _), s in zip(test, scores):
-      value = solution_score(s, config.loss)
+      value = solution_score(s, config.granularity)
       if row["problem"] not in best or value > best[row["problem"]][0]:
         best[row["problem"]] = (value, row["correct"])
     return {"accuracy": float(np.mean((flat > 0) == (labels > 0.5))), "auc": auc(flat, labels),
             "best_of_n_accuracy": float(np.mean([c for _, c in best.values()])),
             "sample_accuracy": float(np.mean([row["correct"] for row, _ in test]))}
 
-  loss_fn = functools.partial(reward_loss, model=models.Model(cfg), loss=config.loss,
-                              kind=config.label_kind)
+  loss_fn = functools.partial(reward_loss, model=models.Model(cfg),
+                              granularity=config.granularity, kind=config.label_kind)
   state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
                             params=params, evaluate=evaluate)
-  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final})
+  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final},
+                    tokenizer=tokenizer)
   return final

@@ -1,31 +1,62 @@
 """Supervised fine-tuning on a task's gold solutions (from scratch or from a checkpoint).
 
     python -m reasonjax.main --config=configs/sft_arith.py --workdir=runs/sft
+    python -m reasonjax.main --config=configs/sft_gsm8k.py --workdir=runs/sft_gsm8k \
+        --config.init_from=path/to/Qwen2.5-0.5B-Instruct ...
+
+The model is the Hugging Face checkpoint `config.init_from` when set (its architecture; only the
+runtime and head fields of `config.model` apply), else a new one of `config.model`'s shape.
+`config.model.hf_path` is a deprecated alias of `init_from`.
 
 Packs prompt + solution sequences (loss on the solution and EOS), trains with the shared loop,
-evaluates greedy accuracy and pass@k on the test split, and exports `workdir/hf` and
-`workdir/results.json`.
+evaluates greedy accuracy and pass@k on the test split, and exports `workdir/hf` (parameters and
+tokenizer) and `workdir/results.json`.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 
 import jax
 from absl import logging
 
 from reasonjax import models
 from reasonjax.data import batching
+from reasonjax.models import registry
 from reasonjax.trainers import experiment, loop, step as step_lib
+
+
+def start_checkpoint(config) -> str:
+  """`config.init_from`, or the deprecated `config.model.hf_path` (with a warning); "" for a new
+  model."""
+  old = config.model.get("hf_path", "")
+  if old:
+    warnings.warn("config.model.hf_path is deprecated: set config.init_from (a Hugging Face "
+                  "folder to start from) instead", FutureWarning, stacklevel=2)
+    if config.init_from and config.init_from != old:
+      raise ValueError(f"config.init_from={config.init_from!r} and its deprecated alias "
+                       f"config.model.hf_path={old!r} disagree; set init_from only")
+  return config.init_from or old
 
 
 def run(config, workdir: str) -> dict:
   """Trains; returns the final evaluation metrics (also in `workdir/results.json`)."""
+  init_from = start_checkpoint(config)
+  if not init_from and not config.model.get("preset"):
+    raise ValueError("config.init_from is empty and config.model names no preset: set "
+                     "--config.init_from to a Hugging Face checkpoint folder")
   task, tokenizer = experiment.task_and_tokenizer(config)
-  cfg = experiment.model_config(config.model, tokenizer)
   params = None
-  if config.model.get("hf_path"):
-    cfg, params = models.load(config.model, jax.random.key(config.seed))
+  if init_from:
+    # The checkpoint fixes the architecture: config.model's shape fields (sft_arith's preset
+    # for training from scratch) do not apply to it.
+    kept = registry.RUNTIME_FIELDS + registry.HEAD_FIELDS
+    section = {k: v for k, v in config.model.items() if k in kept} | {"hf_path": init_from}
+    cfg = experiment.model_config(section, tokenizer)
+    cfg, params = models.load(section, jax.random.key(config.seed))
+  else:
+    cfg = experiment.model_config(config.model, tokenizer)
   problems = task.generate(config.task.num_train, seed=config.seed, split="train")
   examples = [batching.sft_example(tokenizer, task.prompt(p), p.solution) for p in problems]
   batches = batching.batches(
@@ -39,5 +70,6 @@ def run(config, workdir: str) -> dict:
   state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
                             params=params,
                             evaluate=experiment.evaluator(config, cfg, task, tokenizer))
-  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final})
+  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final},
+                    tokenizer=tokenizer)
   return final

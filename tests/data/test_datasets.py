@@ -64,3 +64,23 @@ def test_commas_and_calculator_notes(tmp_path):
   problem = datasets.load_gsm8k(write(tmp_path, [json.dumps(row)]))[0]
   assert problem.answer == "1000"
   assert problem.solution == "10 * 100 = 1000 coins\n#### 1000"
+
+
+def test_invalid_utf8_names_file_and_line_and_skip_skips_it(tmp_path):
+  path = tmp_path / "bad.jsonl"
+  path.write_bytes(GOOD.encode() + b"\n" + GOOD.encode().replace(b"1 + 1?", b"1 \xe9 1?")
+                   + b"\n" + GOOD.encode() + b"\n")
+  with pytest.raises(datasets.DataError, match=r"bad\.jsonl:2: invalid UTF-8 at byte offset 16"):
+    datasets.load_gsm8k(str(path))
+  problems, stats = datasets.load_jsonl(str(path), datasets.ROW_PARSERS["gsm8k"],
+                                        on_error="skip")
+  assert len(problems) == 2 and stats.skipped == 1 and stats.rows == 3
+  assert stats.errors[0].startswith(f"{path}:2: invalid UTF-8")
+
+
+def test_byte_order_mark_and_non_ascii_text(tmp_path):
+  row = {"question": "Zoë pays 3 €. And?", "answer": "#### 3"}
+  path = tmp_path / "bom.jsonl"
+  path.write_bytes(b"\xef\xbb\xbf" + (json.dumps(row, ensure_ascii=False) + "\n").encode() * 2)
+  problems = datasets.load_gsm8k(str(path))
+  assert [p.question for p in problems] == [row["question"]] * 2

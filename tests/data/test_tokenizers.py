@@ -88,3 +88,32 @@ def test_load_errors_name_the_choices(tmp_path):
     tokenizers.load(str(tmp_path / "x.model"))
   with pytest.raises(ValueError, match="step_delimiter"):
     tokenizers.load("synthetic", step_delimiter="")
+
+
+def _same(a, b, text):
+  assert type(a) is type(b)
+  assert a.encode(text, add_bos=True, add_eos=True) == b.encode(text, add_bos=True, add_eos=True)
+  assert (a.vocab_size, a.bos_id, a.eos_id, a.pad_id) == (b.vocab_size, b.bos_id, b.eos_id,
+                                                          b.pad_id)
+  assert a.step_end_sequences() == b.step_end_sequences()
+
+
+def test_save_then_load_round_trips_sentencepiece(tmp_path):
+  tok = tokenizers.load("synthetic")
+  tok.save(str(tmp_path / "hf"))
+  _same(tok, tokenizers.load(str(tmp_path / "hf")), "Start with 7. Add 5.\n7 + 5 = 12\n#### 12")
+  trained = tokenizers.train_sentencepiece(CORPUS, str(tmp_path / "t.model"), vocab_size=300)
+  trained.save(str(tmp_path / "trained"))
+  _same(trained, tokenizers.load(str(tmp_path / "trained")), "Mia has 3 apples.\n")
+
+
+def test_save_then_load_round_trips_hugging_face(hf_folder, tmp_path):
+  tok = tokenizers.load(hf_folder)
+  # Beside a checkpoint's files, as an export writes it.
+  (tmp_path / "hf").mkdir()
+  (tmp_path / "hf" / "config.json").write_text("{}")
+  tok.save(str(tmp_path / "hf"))
+  again = tokenizers.load(str(tmp_path / "hf"))
+  _same(tok, again, "a.\nb.\n\nc 7 + 5 = 12\n")
+  messages = [{"role": "user", "content": "hi"}]
+  assert again.apply_chat_template(messages) == tok.apply_chat_template(messages)

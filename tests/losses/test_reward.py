@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
+from reasonjax.data import step_labels
 from reasonjax.losses import reward, tokens
 
 RNG = np.random.default_rng(0)
@@ -75,7 +76,7 @@ def test_last_token_mask_marks_each_segment_end():
   np.testing.assert_array_equal(np.asarray(reward.last_token_mask(jnp.asarray(several))), runs)
 
 
-@pytest.mark.parametrize("kind", reward.KINDS)
+@pytest.mark.parametrize("kind", reward.LABEL_KINDS)
 def test_prm_and_hrm_match_reference(kind):
   want = ref_pointwise(SCORES, STEP_MASK, STEP_LABELS, kind)
   for loss in (reward.prm, reward.hrm):
@@ -88,7 +89,7 @@ def test_prm_and_hrm_match_reference(kind):
       np.asarray(jitted(SCORES, STEP_MASK, STEP_LABELS, kind=kind)), want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", reward.KINDS)
+@pytest.mark.parametrize("kind", reward.LABEL_KINDS)
 def test_orm_matches_reference_on_packed_rows(kind):
   last, labels = outcome_batch()
   mask = reward.last_token_mask(jnp.asarray(SEGMENT_IDS))
@@ -111,27 +112,17 @@ def test_orm_per_sequence_for_unpacked_rows():
                              - (1 - y) * np.log(1 - 1 / (1 + np.exp(-x))), rtol=1e-5)
 
 
-def test_hierarchical_labels_enumerates_singles_and_pairs():
-  for length in range(7):
-    labels = RNG.random(length).tolist()
-    units = reward.hierarchical_labels(labels)
-    assert len(units) == length + max(length - 1, 0)
-    assert [u[:2] for u in units[:length]] == [(i, i) for i in range(length)]
-    brute = {(s, e, labels[e]) for s in range(length) for e in range(length) if 0 <= e - s <= 1}
-    assert set(units) == brute and len(set(units)) == len(units)
-  # A wrong step followed by a fixing one: the merged unit is correct.
-  assert reward.hierarchical_labels(np.array([1, 0, 1])) == [
-      (0, 0, 1.0), (1, 1, 0.0), (2, 2, 1.0), (0, 1, 0.0), (1, 2, 1.0)]
-
-
-@pytest.mark.parametrize("kind", reward.KINDS)
+@pytest.mark.parametrize("kind", reward.LABEL_KINDS)
 def test_hrm_on_a_batch_built_from_units(kind):
-  """Each unit as a packed segment of 1-3 tokens: the loss is the sum over units."""
+  """Each unit of the HRM renderings as a packed segment of 1-3 tokens: the loss is the sum
+  over units."""
   solutions = [[1.0, 0.0, 1.0, 1.0], [0.25, 0.75], [0.5]]
-  units = [unit for labels in solutions for unit in reward.hierarchical_labels(labels)]
+  unit_labels = [y for labels in solutions
+                 for _, ys in step_labels.hierarchical_units(list("abcd"[:len(labels)]), labels)
+                 for y in ys]
   mask, labels, ends = np.zeros((3, 16)), np.zeros((3, 16)), []
   row, t = 0, 0
-  for _, _, label in units:
+  for label in unit_labels:
     length = int(RNG.integers(1, 4))
     if t + length > 16:
       row, t = row + 1, 0
@@ -142,7 +133,7 @@ def test_hrm_on_a_batch_built_from_units(kind):
   got = reward.hrm(jnp.asarray(scores), jnp.asarray(mask), jnp.asarray(labels), kind=kind)
   want = sum(ref_pointwise(np.array([[scores[r, t]]]), np.ones((1, 1)), np.array([[y]]), kind)
              for r, t, y in ends)
-  assert len(ends) == (4 + 3) + (2 + 1) + 1
+  assert len(ends) == (4 + 2 + 3) + (2 + 1) + 1  # singles, pairs from step 0, from step 1
   np.testing.assert_allclose(float(got.sum()), float(want.sum()), rtol=1e-5)
 
 
@@ -164,7 +155,7 @@ def test_gradients():
   last, labels = outcome_batch()
   with jax.enable_x64(True):
     x = jnp.asarray(SCORES)
-    for kind in reward.KINDS:
+    for kind in reward.LABEL_KINDS:
       for loss in (reward.prm, reward.hrm):
         check_grads(lambda s: loss(s, jnp.asarray(STEP_MASK), jnp.asarray(STEP_LABELS),
                                    kind=kind), (x,), order=1, modes=["rev"])
@@ -174,7 +165,7 @@ def test_gradients():
                 (x[:, 0], x[:, 1]), order=1, modes=["rev"])
 
 
-@pytest.mark.parametrize("kind", reward.KINDS)
+@pytest.mark.parametrize("kind", reward.LABEL_KINDS)
 def test_soft_label_one_half_is_minimised_at_zero(kind):
   mask, half = jnp.ones((1, 3)), jnp.full((1, 3), 0.5)
   value, grad = jax.value_and_grad(lambda s: reward.prm(s, mask, half, kind=kind).sum())(
@@ -207,7 +198,7 @@ def test_bce_is_stable_for_large_scores():
 
 
 @pytest.mark.parametrize("loss", [reward.orm, reward.prm, reward.hrm])
-@pytest.mark.parametrize("kind", reward.KINDS)
+@pytest.mark.parametrize("kind", reward.LABEL_KINDS)
 def test_masked_positions_give_exactly_zero_loss_and_gradient(loss, kind):
   # Off the mask: any scores (inf, or nan from padding that attends to nothing) and labels
   # that are not labels.

@@ -162,6 +162,16 @@ def test_missing_files_are_named(tmp_path):
     models.load_hf(str(tmp_path))
 
 
+@pytest.mark.parametrize("cut", ["tail", "header"])
+def test_a_truncated_safetensors_file_is_named(tmp_path, cut):
+  hf_model("qwen2").save_pretrained(tmp_path)
+  file = tmp_path / "model.safetensors"
+  os.truncate(file, 20 if cut == "header" else os.path.getsize(file) - 1000)
+  with pytest.raises(models.CheckpointError, match=f"{file}: not a readable safetensors file .*"
+                     "truncated or corrupt"):
+    models.load_hf(str(tmp_path))
+
+
 def test_save_rejects_flags_no_transformers_class_has(tmp_path):
   cfg = models.preset("tiny", num_layers=1, qkv_bias=False)  # qwen2 always has q/k/v bias
   params = models.init_params(cfg, jax.random.key(0))

@@ -2,9 +2,11 @@
 analytic distributions and brute-force stop matching."""
 
 import functools
+import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
@@ -12,6 +14,7 @@ import torch
 
 from configs.common import AXIS_RULES
 from reasonjax import models, sampling, sharding
+from reasonjax.sampling import sampler
 from tests.conftest import hf_model
 
 Config = sampling.SamplingConfig
@@ -132,14 +135,15 @@ def test_prompt_lengths_in_a_bucket_compile_once(tiny):
   model, params = tiny
   cfg = Config(max_new_tokens=4)
   run = functools.partial(sampling.sample, model, params, rng=jax.random.key(0), config=cfg)
-  start = sampling.num_traces()
+  # jit's own cache: one entry per compiled program, whatever ran before the clear.
+  sampler._generate.clear_cache()
   for lengths in ([5, 3], [16, 1], [9, 12]):
     tokens, lens = prompts(model.cfg.vocab_size, lengths, width=max(lengths))
     jax.block_until_ready(run(prompt_tokens=tokens, prompt_lengths=lens))
-  assert sampling.num_traces() - start == 1  # widths 5, 16, 12 share the 16 bucket
+  assert sampler._generate._cache_size() == 1  # widths 5, 16, 12 share the 16 bucket
   tokens, lens = prompts(model.cfg.vocab_size, [17, 2])
   jax.block_until_ready(run(prompt_tokens=tokens, prompt_lengths=lens))
-  assert sampling.num_traces() - start == 2  # width 17: the 32 bucket
+  assert sampler._generate._cache_size() == 2  # width 17: the 32 bucket
 
 
 def test_rows_finish_early_and_loop_exits(tiny):
@@ -193,6 +197,22 @@ def test_sharded_sampling_equals_single_device(tiny):
 def test_bad_config_is_named(changes, message):
   with pytest.raises(ValueError, match=message):
     Config(**changes)
+
+
+def test_sampling_config_reads_a_section_and_the_tokenizer():
+  tokenizer = types.SimpleNamespace(eos_id=7, pad_id=2)
+  section = ml_collections.ConfigDict({"num_samples": 4, "temperature": 0.9, "top_p": 0.8,
+                                       "max_new_tokens": 24, "batch_size": 64})
+  assert sampling.sampling_config(section, tokenizer) == Config(
+      max_new_tokens=24, temperature=0.9, top_p=0.8, num_samples=4, eos_token_id=7,
+      pad_token_id=2)
+  assert sampling.sampling_config(section.to_dict(), tokenizer, temperature=0.0,
+                                  num_samples=1) == Config(
+      max_new_tokens=24, temperature=0.0, top_p=0.8, num_samples=1, eos_token_id=7,
+      pad_token_id=2)
+  del section["top_p"]
+  with pytest.raises(ValueError, match=r"lacks \['top_p'\]"):
+    sampling.sampling_config(section, tokenizer)
 
 
 def test_bad_prompt_shapes_are_named(tiny):

@@ -1,6 +1,7 @@
 """The training loop: exact resume after SIGTERM and SIGKILL, the non-finite stop, metrics."""
 
 import functools
+import glob
 import os
 import signal
 import subprocess
@@ -182,11 +183,13 @@ def test_nonfinite_steps_stop_the_run_and_keep_the_last_checkpoint(tmp_path):
       self.count = state["count"]
 
   loss_fn = functools.partial(nan_after_step_4, model=models.Model(cfg))
-  with pytest.raises(loop.NonFiniteError, match=r"step 7: 3 consecutive steps had a non-finite"):
+  with pytest.raises(loop.NonFiniteError, match=r"step 7: 3 consecutive steps had a non-finite"
+                     r".*the checkpoint of step 4 .* is the last one saved"):
     loop.train(_tiny_loop_config(), str(tmp_path), cfg=cfg, loss_fn=loss_fn,
                batches=Counting(batches))
   ckpt = checkpoint.Checkpointer(os.path.join(tmp_path, "checkpoints"))
-  assert ckpt.latest_step() == 6  # Step 7 tripped the guard: nothing after the last good save.
+  # Step 6 was a save point inside the streak: no checkpoint then.
+  assert ckpt.steps() == [2, 4]
   rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
   assert [r["nonfinite_total"] for r in rows] == [0, 0, 0, 0, 1, 2, 3]
   assert [r["grad_norm"] is None for r in rows] == [False] * 4 + [True] * 3  # NaN -> null
@@ -221,3 +224,86 @@ def test_sigint_in_process_saves_and_raises_preempted(tmp_path):
   ckpt = checkpoint.Checkpointer(os.path.join(tmp_path, "checkpoints"))
   assert ckpt.latest_step() == info.value.step == 3
   assert signal.getsignal(signal.SIGINT) is handler  # Restored.
+
+
+def test_an_overflowing_learning_rate_never_reaches_the_parameters_or_a_checkpoint(tmp_path):
+  """1e39 is a finite Python float but infinite in float32: the gradients are finite, the
+  updates are not. Every update is dropped, so no save point has a clean state."""
+  cfg, batches = _tiny_job()
+  loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
+  config = _tiny_loop_config()
+  config.optimizer.learning_rate = 1e39
+  config.optimizer.warmup_steps = 0  # Else step 1's rate is 0 * inf.
+  with pytest.raises(loop.NonFiniteError, match="no checkpoint was saved"):
+    loop.train(config, str(tmp_path), cfg=cfg, loss_fn=loss_fn, batches=batches)
+  assert checkpoint.Checkpointer(os.path.join(tmp_path, "checkpoints")).steps() == []
+  rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  assert [r["nonfinite_streak"] for r in rows] == [1, 2, 3]
+  assert all(np.isfinite(r["grad_norm"]) for r in rows)  # Finite gradients, dropped updates.
+
+
+def test_a_nan_learning_rate_is_refused_at_start(tmp_path):
+  cfg, batches = _tiny_job()
+  config = _tiny_loop_config()
+  config.optimizer.learning_rate = float("nan")
+  with pytest.raises(ValueError, match="optimizer.learning_rate=nan; expected a finite number"):
+    loop.train(config, str(tmp_path), cfg=cfg, batches=batches,
+               loss_fn=functools.partial(step_lib.sft_loss, model=models.Model(cfg)))
+  assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))
+
+
+def test_checkpoint_every_zero_saves_only_the_end(tmp_path):
+  cfg, batches = _tiny_job()
+  state, _ = loop.train(_tiny_loop_config(steps=4, checkpoint_every=0), str(tmp_path), cfg=cfg,
+                        batches=batches,
+                        loss_fn=functools.partial(step_lib.sft_loss, model=models.Model(cfg)))
+  assert int(state.step) == 4
+  assert checkpoint.Checkpointer(os.path.join(tmp_path, "checkpoints")).steps() == [4]
+  with pytest.raises(ValueError, match=r"config.checkpoint_every=-1; expected 0 \(off"):
+    loop.check_config(_tiny_loop_config(checkpoint_every=-1))
+
+
+def test_a_faulty_last_checkpoint_resumes_from_the_one_before_as_if_stopped_there(tmp_path):
+  """The newest checkpoint's data file is truncated after the run: the rerun warns, resumes from
+  the previous checkpoint, and redoes the same batches with the same losses; the final
+  evaluation is logged once."""
+  cfg, _ = _tiny_job()
+  loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
+  evaluations = []
+
+  def evaluate(params, rng):
+    evaluations.append(1)
+    return {"norm": float(jnp.linalg.norm(params["norm"]["scale"]))}
+
+  config = _tiny_loop_config(steps=6, checkpoint_every=2)
+  _, first = loop.train(config, str(tmp_path), cfg=cfg, loss_fn=loss_fn, batches=_tiny_job()[1],
+                        evaluate=evaluate)
+  reference = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  # A rerun of a finished run trains nothing and reuses its logged final evaluation.
+  _, again = loop.train(config, str(tmp_path), cfg=cfg, loss_fn=loss_fn, batches=_tiny_job()[1],
+                        evaluate=evaluate)
+  assert again == first and len(evaluations) == 1
+  directory = os.path.join(tmp_path, "checkpoints")
+  for path in glob.glob(os.path.join(directory, "6", "state", "ocdbt.process_0", "d", "*")):
+    os.truncate(path, 10)
+  _, final = loop.train(config, str(tmp_path), cfg=cfg, loss_fn=loss_fn, batches=_tiny_job()[1],
+                        evaluate=evaluate)
+  assert len(evaluations) == 2 and final == pytest.approx(first)
+  assert sorted(os.listdir(directory)) == ["4", "6", "6.faulty"]
+  rows = read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [r["step"] for r in reference]  # One final eval row.
+  for got, want in zip(comparable(rows), comparable(reference)):
+    assert got.keys() == want.keys() and got["step"] == want["step"]
+    assert got.get("batch_crc32") == want.get("batch_crc32")
+    np.testing.assert_allclose(got.get("loss", 0.0), want.get("loss", 0.0), rtol=1e-6)
+
+
+def test_the_batch_fingerprint_leaves_out_timing_fields():
+  batch = {"completion_inputs": np.arange(6, dtype=np.int32).reshape(2, 3),
+           "rollout_sample_seconds": np.full(2, 1.5, np.float32),
+           "rollout_sample_tokens_per_s": np.full(2, 900.0, np.float32)}
+  slower = batch | {"rollout_sample_seconds": np.full(2, 2.5, np.float32),
+                    "rollout_sample_tokens_per_s": np.full(2, 500.0, np.float32)}
+  assert loop.batch_fingerprint(slower) == loop.batch_fingerprint(batch)
+  other = batch | {"completion_inputs": batch["completion_inputs"] + 1}
+  assert loop.batch_fingerprint(other) != loop.batch_fingerprint(batch)

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from reasonjax.trainers import optim
@@ -61,3 +62,24 @@ def test_bad_fields_are_named():
     optim.make_optimizer({"lr": 1.0})
   with pytest.raises(ValueError, match="learning_rate must be positive"):
     optim.make_optimizer({"learning_rate": 0.0})
+  with pytest.raises(ValueError, match=r"optimizer.learning_rate=nan; expected a finite number"):
+    optim.make_optimizer({"learning_rate": float("nan")})
+
+
+@pytest.mark.parametrize("case", ["nan_update", "overflowing_parameters"])
+def test_finite_gradients_with_a_nonfinite_result_skip_the_update(case):
+  """The gradient is finite, but the update (a NaN step size) or the parameters it gives (a
+  finite update that overflows float32) are not: dropped like a non-finite gradient."""
+  inner = optax.scale(float("nan") if case == "nan_update" else 3e38)
+  tx = optim.skip_nonfinite(inner)
+  params = {"w": jnp.full((2,), 2e38, jnp.float32)}
+  state = tx.init(params)
+  updates, state = tx.update({"w": jnp.ones(2)}, state, params)
+  new = np.asarray(params["w"] + updates["w"])
+  assert np.isfinite(new).all() and (np.asarray(updates["w"]) == 0).all()
+  assert int(optim.nonfinite_streak(state)) == 1
+  # A finite, harmless update on the same parameters is applied.
+  tx = optim.skip_nonfinite(optax.scale(-1e37))
+  updates, state = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(updates["w"]), -1e37)
+  assert int(optim.nonfinite_streak(state)) == 0

@@ -10,9 +10,8 @@ import numpy as np
 import pytest
 
 from reasonjax import models
-from reasonjax.data import batching, tokenizers
+from reasonjax.data import batching, step_labels, tokenizers
 from reasonjax.data.tasks import Problem, StepCheck, get_task
-from reasonjax.losses import reward
 from reasonjax.trainers import reward_model
 from tests.conftest import random_params
 
@@ -119,34 +118,23 @@ class ListTask:
     return StepCheck(tuple(self.labels))
 
 
-@pytest.mark.parametrize("num_steps", range(0, 8))
-def test_hrm_merged_units_cover_every_consecutive_pair_once(num_steps):
-  """Brute force over the groupings: singles; then pairs starting at step 0; then step 0 alone
-  and pairs from step 1; a grouping that merges nothing is left out. Together the merged pairs
-  are the pair units of `losses.reward.hierarchical_labels`."""
+@pytest.mark.parametrize("num_steps", range(0, 6))
+def test_step_units_are_the_tasks_labels_rendered_by_step_labels(num_steps):
+  """prm: the steps once; hrm: `step_labels.hierarchical_units`, whose renderings
+  tests/data/test_step_labels.py checks against a brute force."""
   labels = [bool(b) for b in np.random.default_rng(num_steps).integers(0, 2, num_steps)]
   steps = [f"s{i}" for i in range(num_steps)]
-  units = reward_model.units(ListTask(labels), None, "\n".join(steps), "hrm")
-  if not num_steps:
-    assert units == []
-    return
-  expected = [(steps, [float(y) for y in labels])]
-  for first in (0, 1):
-    groups = [[i] for i in range(first)]
-    groups += [list(range(i, min(i + 2, num_steps))) for i in range(first, num_steps, 2)]
-    if any(len(g) == 2 for g in groups):
-      expected.append(([" ".join(steps[i] for i in g) for g in groups],
-                       [float(labels[g[-1]]) for g in groups]))
-  assert units == expected
-  merged = {}
-  for rendering, unit_labels in units[1:]:
-    for unit, y in zip(rendering, unit_labels):
-      if " " in unit:
-        i, j = (int(s[1:]) for s in unit.split(" "))
-        assert (i, j) not in merged
-        merged[(i, j)] = y
-  pairs = [(i, j, y) for i, j, y in reward.hierarchical_labels(labels) if i != j]
-  assert merged == {(i, j): y for i, j, y in pairs}
+  text = "\n".join(steps)
+  floats = [float(y) for y in labels]
+  assert reward_model.units(ListTask(labels), None, text, "prm") == (
+      [(steps, floats)] if num_steps else [])
+  assert reward_model.units(ListTask(labels), None, text, "hrm") == (
+      step_labels.hierarchical_units(steps, floats))
+
+
+def test_unknown_granularity_is_named():
+  with pytest.raises(ValueError, match=r"granularity 'pairs'; valid: \('orm', 'prm', 'hrm'\)"):
+    reward_model.units(TASK, THREE, THREE.solution, "pairs")
 
 
 def test_no_steps_means_no_prm_units():
@@ -250,7 +238,7 @@ def packed(examples):
 @pytest.fixture(scope="module")
 def out(examples):
   """One compiled program: plain scores of the unpacked rows (the reference) and reward_loss
-  of both layouts for the loss names and kinds (each a forward pass: not all pairs, to keep
+  of both layouts for the granularities and label kinds (each a forward pass: not all pairs, to keep
   the program small)."""
   params = random_params(CFG, 0)
 
@@ -258,9 +246,9 @@ def out(examples):
   def run(params, flat, pack):
     scores = MODEL.apply({"params": params}, flat["inputs"], method=models.Model.score)
     layouts = {"unpacked": flat, "packed": pack}
-    losses = {(layout, loss, kind): reward_model.reward_loss(params, layouts[layout], None,
-                                                             model=MODEL, loss=loss, kind=kind)
-              for layout, loss, kind in COMBINATIONS}
+    losses = {(layout, granularity, kind): reward_model.reward_loss(
+                  params, layouts[layout], None, model=MODEL, granularity=granularity, kind=kind)
+              for layout, granularity, kind in COMBINATIONS}
     return scores, losses
 
   scores, losses = jax.device_get(run(params, unpacked(examples), packed(examples)))
@@ -281,8 +269,8 @@ def test_reward_loss_is_the_mean_cross_entropy_over_marked_positions(examples, o
   expected = {"bce": np.mean(-y * np.log(sigmoid) - (1 - y) * np.log(1 - sigmoid)),
               "mse": np.mean((sigmoid - y) ** 2)}
   accuracy = np.mean((x > 0) == (y > 0.5))
-  for (layout, loss, kind), (value, (weight, metrics)) in losses.items():
-    name = (layout, loss, kind)
+  for (layout, granularity, kind), (value, (weight, metrics)) in losses.items():
+    name = (layout, granularity, kind)
     np.testing.assert_allclose(float(value), expected[kind], rtol=1e-5, err_msg=str(name))
     np.testing.assert_allclose(float(metrics["loss"]), expected[kind], rtol=1e-5)
     assert float(weight) == float(metrics["labels"]) == len(x), name

@@ -1,4 +1,5 @@
-"""Synthetic step-structured tasks with per-step ground truth, picked by name."""
+"""Tasks picked by name: synthetic step-structured tasks with per-step ground truth (`TASKS`),
+and GSM8K / MATH read from local JSONL files (`DATA_TASKS`, `tasks.jsonl`)."""
 
 import dataclasses
 from typing import Any
@@ -7,6 +8,7 @@ from reasonjax.data.tasks.arithmetic import ArithmeticChains
 from reasonjax.data.tasks.base import (ANSWER_PREFIX, Problem, StepCheck, Task, parse_answer,
                                        parse_steps, split_of)
 from reasonjax.data.tasks.countdown import Countdown
+from reasonjax.data.tasks.jsonl import Gsm8k, JsonlTask, Math
 from reasonjax.data.tasks.word_problems import WordProblems
 
 TASKS: dict[str, type[Task]] = {
@@ -14,13 +16,21 @@ TASKS: dict[str, type[Task]] = {
     "countdown": Countdown,
     "word_problems": WordProblems,
 }
+# Separate from TASKS: these need data files, so code that generates every synthetic task with
+# its default knobs (the shipped tokenizer, the TFDS builders) iterates TASKS only.
+DATA_TASKS: dict[str, type[Task]] = {
+    "gsm8k": Gsm8k,
+    "math": Math,
+}
 
 
 def get_task(name: str, **knobs: Any) -> Task:
-  """The task `name` with difficulty `knobs`; unknown names or knobs list the valid ones."""
-  if name not in TASKS:
-    raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(TASKS)}")
-  cls = TASKS[name]
+  """The task `name` (in TASKS or DATA_TASKS) with `knobs`; unknown names or knobs list the
+  valid ones."""
+  every = TASKS | DATA_TASKS
+  if name not in every:
+    raise ValueError(f"unknown task {name!r}; valid tasks: {sorted(every)}")
+  cls = every[name]
   valid = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(knobs) - valid)
   if unknown:
@@ -29,6 +39,7 @@ def get_task(name: str, **knobs: Any) -> Task:
 
 
 __all__ = [
-    "ANSWER_PREFIX", "TASKS", "ArithmeticChains", "Countdown", "Problem", "StepCheck", "Task",
-    "WordProblems", "get_task", "parse_answer", "parse_steps", "split_of",
+    "ANSWER_PREFIX", "DATA_TASKS", "TASKS", "ArithmeticChains", "Countdown", "Gsm8k",
+    "JsonlTask", "Math", "Problem", "StepCheck", "Task", "WordProblems", "get_task",
+    "parse_answer", "parse_steps", "split_of",
 ]
