@@ -307,3 +307,15 @@ def test_the_batch_fingerprint_leaves_out_timing_fields():
   assert loop.batch_fingerprint(slower) == loop.batch_fingerprint(batch)
   other = batch | {"completion_inputs": batch["completion_inputs"] + 1}
   assert loop.batch_fingerprint(other) != loop.batch_fingerprint(batch)
+
+
+def test_the_progress_bar_shows_the_rollout_reward(tmp_path, capsys):
+  cfg, batches = _tiny_job()
+
+  def with_reward(params, batch, rng, frozen, *, model):
+    loss, (weight, metrics) = step_lib.sft_loss(params, batch, rng, model=model)
+    return loss, (weight, metrics | {"rollout_reward_mean": jnp.float32(0.625)})
+
+  loop.train(_tiny_loop_config(steps=3, checkpoint_every=0), str(tmp_path), cfg=cfg,
+             batches=batches, loss_fn=functools.partial(with_reward, model=models.Model(cfg)))
+  assert "reward=0.625" in capsys.readouterr().err
