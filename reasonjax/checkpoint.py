@@ -37,13 +37,20 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-RESUME_FROM = ("newest_intact", "newest")
-_SETTLE_S = 1.0  # or a step number, as a string
-FAULTY_SUFFIX = ".faulty"
+RESUME_FROM = ("newest_intact", "newest")  # or a step number, as a string
+FAULTY_SUFFIX = ".faulty"  # A checkpoint that failed to read back, set aside.
+SUPERSEDED_SUFFIX = ".superseded"  # Newer than a step named in resume_from, set aside.
+# A named step is honoured once: reruns with the same command continue from their own progress.
+RESUMED_FROM_FILE = "resumed_from_step"
+_SETTLE_S = 1.0  # After a failed read: time for tensorstore's reads in flight to end, muted.
 
 
 class CheckpointError(RuntimeError):
   """A checkpoint cannot be read or written; the message names the step, the file and why."""
+
+
+class ConfigMismatchError(CheckpointError):
+  """The checkpoint is intact but was written for another state shape (another config)."""
 
 
 def abstract_like(state, shardings):
@@ -217,21 +224,22 @@ class Checkpointer:
     """
     step_dir = os.path.join(self.directory, str(step))
     items = set(os.listdir(step_dir)) if os.path.isdir(step_dir) else set()
-    with _quiet_orbax():
-      try:
+    try:
+      with _quiet_orbax():
         meta = (self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
                 ["meta"] if "meta" in items else None)
         stored = self.manager.item_metadata(step)["state"].tree
-      except Exception as e:  # noqa: BLE001 -- any fault becomes one readable message
-        raise CheckpointError(f"checkpoint step {step}: {_reason(step_dir, e)}") from e
-      self._check_fits(step, stored, abstract_state, meta, config)
-      args = {"state": ocp.args.StandardRestore(abstract_state)}
-      if "data" in items:
-        args["data"] = ocp.args.JsonRestore()
-      try:
+    except Exception as e:  # noqa: BLE001 -- any fault becomes one readable message
+      raise CheckpointError(f"checkpoint step {step}: {_reason(step_dir, e)}") from e
+    self._check_fits(step, stored, abstract_state, meta, config)
+    args = {"state": ocp.args.StandardRestore(abstract_state)}
+    if "data" in items:
+      args["data"] = ocp.args.JsonRestore()
+    try:
+      with _quiet_orbax():
         restored = self.manager.restore(step, args=ocp.args.Composite(**args))
-      except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint step {step}: {_reason(step_dir, e)}") from e
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"checkpoint step {step}: {_reason(step_dir, e)}") from e
     state = restored["state"]
     if meta is None:
       logging.warning("checkpoint step %d has no checksums (written by an older version): not "
@@ -268,13 +276,13 @@ class Checkpointer:
         f"{'; ...' if len(problems) > 5 else ''}).{said} Use a new --workdir for a run with "
         "another model or optimizer, or rerun with the config that wrote it.")
 
-  def _set_aside(self, step: int) -> str:
-    """Renames a faulty checkpoint out of orbax's sight (never deleted); returns the new path."""
+  def _set_aside(self, step: int, suffix: str = FAULTY_SUFFIX) -> str:
+    """Renames a checkpoint out of orbax's sight (never deleted); returns the new path."""
     source = os.path.join(self.directory, str(step))
-    target, n = source + FAULTY_SUFFIX, 1
+    target, n = source + suffix, 1
     while os.path.exists(target):
       n += 1
-      target = f"{source}{FAULTY_SUFFIX}{n}"
+      target = f"{source}{suffix}{n}"
     if jax.process_index() == 0:
       os.rename(source, target)
     self.manager.reload()
@@ -289,8 +297,9 @@ class Checkpointer:
       abstract_state: the restore target.
       resume_from: "newest_intact": the newest checkpoint that reads back intact, warning about
         each newer one that does not (which is set aside as `<step>.faulty`); "newest": the
-        newest, or a CheckpointError; "<step>": that step (newer checkpoints are set aside, so
-        the run continues from it).
+        newest, or a CheckpointError; "<step>": that step, once (newer checkpoints are set aside
+        as `<step>.superseded`, so the run continues from it; a rerun with the same value then
+        resumes from its own newest checkpoint).
       config: this run's config as a dict (see `restore`).
 
     Raises:
@@ -302,6 +311,12 @@ class Checkpointer:
         raise CheckpointError(f"config.resume_from={resume_from!r}: {self.directory} holds no "
                               "checkpoint")
       return None
+    marker = os.path.join(self.directory, RESUMED_FROM_FILE)
+    if resume_from not in RESUME_FROM and os.path.isfile(marker):
+      with open(marker) as f:
+        if f.read().strip() == resume_from:
+          # Honoured by an earlier run, whose later checkpoints are this run's progress.
+          resume_from = "newest_intact"
     if resume_from in RESUME_FROM:
       candidates = steps[::-1] if resume_from == "newest_intact" else steps[-1:]
     else:
@@ -324,10 +339,14 @@ class Checkpointer:
                                 "intact checkpoint, or name a step.") from e
         print(f"warning: {e}; trying an older checkpoint", file=sys.stderr, flush=True)
         continue
+      named = resume_from not in RESUME_FROM
       for newer in [s for s in self.steps() if s > step]:
-        moved = self._set_aside(newer)
+        moved = self._set_aside(newer, SUPERSEDED_SUFFIX if named else FAULTY_SUFFIX)
         print(f"warning: resuming from step {step}: the checkpoint of step {newer} is moved to "
               f"{moved} (not deleted)", file=sys.stderr, flush=True)
+      if named and jax.process_index() == 0:
+        with open(marker, "w") as f:
+          f.write(resume_from)
       return step, state, data_state
     raise CheckpointError("no intact checkpoint in " + self.directory + ":\n  "
                           + "\n  ".join(faults) + "\nNothing was deleted.")
@@ -348,7 +367,3 @@ class Checkpointer:
       self.wait()
     finally:
       self.manager.close()
-
-
-class ConfigMismatchError(CheckpointError):
-  """The checkpoint is intact but was written for another state shape (another config)."""

@@ -12,6 +12,7 @@ dict still works with a warning, and the trainer checks every name-valued field
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
 import json
@@ -22,7 +23,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reasonjax import checkpoint, host_memory, trainers, workdir as workdir_lib
+from reasonjax import checkpoint, host_memory, models, trainers, workdir as workdir_lib
 from reasonjax.trainers import loop
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -82,7 +83,9 @@ def main(argv):
     sys.exit(f"error: {e}")
   workdir = os.path.abspath(_WORKDIR.value)
   try:
-    with workdir_lib.lock(workdir):
+    # One process of a multi-process job holds it: on a shared filesystem the others would
+    # find it taken.
+    with workdir_lib.lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
       _run(run, config, workdir)
   except loop.Preempted as e:
     print(e, file=sys.stderr)
@@ -93,7 +96,8 @@ def main(argv):
 
 
 # Errors whose message says all a user needs (the file, the step, what to do).
-USER_ERRORS = (workdir_lib.WorkdirLocked, checkpoint.CheckpointError, loop.NonFiniteError)
+USER_ERRORS = (workdir_lib.WorkdirLocked, checkpoint.CheckpointError, loop.NonFiniteError,
+               models.CheckpointError)
 
 
 def _run(run, config, workdir: str) -> None:

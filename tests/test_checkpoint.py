@@ -140,8 +140,13 @@ def test_resume_from_a_named_step_sets_the_newer_ones_aside(tmp_path):
   ckpt = checkpoint.Checkpointer(directory)
   step, state, _ = ckpt.restore_for_resume(_abstract(), resume_from="2")
   assert step == 2 and float(state["w"][0]) == 2.0
-  assert sorted(os.listdir(directory)) == ["1", "2", "3.faulty"]
-  with pytest.raises(checkpoint.CheckpointError, match=r"no checkpoint of step 7 .* steps \[1, 2\]"):
+  assert sorted(os.listdir(directory)) == ["1", "2", "3.superseded", "resumed_from_step"]
+  # The run goes on from 2; a rerun of the same command resumes from its progress, not 2 again.
+  ckpt.save(4, _small_state(4), {"position": 4}, force=True)
+  ckpt.wait()
+  assert ckpt.restore_for_resume(_abstract(), resume_from="2")[0] == 4
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r"no checkpoint of step 7 .* steps \[1, 2, 4\]"):
     ckpt.restore_for_resume(_abstract(), resume_from="7")
 
 

@@ -1,6 +1,6 @@
 """Verifiers and reward functions (host side).
 
 Submodules: `math` (GSM8K / MATH answer extraction and equivalence), `scoring` (weighted rewards
-in a process pool), `sandbox` (model-written code in an isolated subprocess). Import them directly:
+graded in worker processes with a deadline per completion), `sandbox` (model-written code in an isolated subprocess). Import them directly:
 `from reasonjax.rewards import math as rmath`.
 """

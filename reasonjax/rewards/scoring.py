@@ -272,7 +272,8 @@ class _Worker:
     self.deadline = time.monotonic() + _START_TIMEOUT_S
 
   def kill(self):
-    """SIGKILLs the worker and whatever it started in its process group, then reaps it."""
+    """SIGKILLs the worker and whatever it started in its process group, reaps it and closes
+    its pipe."""
     if self.killed:
       return
     self.killed = True
@@ -282,6 +283,7 @@ class _Worker:
       pass
     self.proc.kill()
     self.proc.join(5.0)
+    self.conn.close()
 
 
 def majority_rewards(answers: Sequence[str | None], group_size: int) -> np.ndarray:
@@ -402,7 +404,6 @@ class Scorer:
     if not dead and time.monotonic() < w.deadline:
       return True
     w.kill()
-    w.conn.close()
     if w.held:
       # Past its deadline, the alarm did not stop the reward: a timeout. Dead: an error. The
       # items after it never started: they go back to the queue.

@@ -20,7 +20,6 @@ def get(name: str) -> Callable:
   return TRAINERS[name]
 
 
-
 def check_config(config) -> None:
   """Validates a config before any work, so that a bad value fails at start and not after a
   nested SFT run and sampling: the loop's fields, the trainer's own (`CHECKS`), and those of a
@@ -36,6 +35,7 @@ def check_config(config) -> None:
 
 # Each trainer's check of its name-valued fields (loss, aggregation, rewards, ...).
 CHECKS: dict[str, Callable] = {
+    "sft": sft.check_config,
     "dpo": dpo.check_config,
     "reward_model": reward_model.check_config,
     "grpo": grpo.check_config,

@@ -65,8 +65,9 @@ def export(workdir: str, cfg: ModelConfig, params, results: dict[str, Any],
     loop.NonFiniteError: a parameter holds a NaN or Inf; nothing is written.
   """
   path = os.path.join(workdir, HF_DIR)
-  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(
-      _all_finite(params)) if not bool(v)]
+  finite = jax.device_get(_all_finite(params))  # One transfer of a bool per array.
+  bad = [jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(finite)
+         if not v]
   if bad:
     raise loop.NonFiniteError(
         f"refusing to export {path}: {len(bad)} parameter array(s) hold NaN or Inf "
@@ -109,7 +110,7 @@ def check_policy_source(config) -> None:
     if not os.path.isfile(os.path.join(config.init_from, "config.json")):
       raise ValueError(f"config.init_from={config.init_from!r}: no config.json there; "
                        "expected a Hugging Face folder, e.g. an SFT run's workdir/hf")
-  elif "sft" not in config:
+  elif config.get("sft") is None:
     raise ValueError("config.init_from is empty and the config has no nested SFT run "
                      "(config.sft) to make a policy: set --config.init_from to a Hugging Face "
                      "checkpoint folder")

@@ -49,9 +49,11 @@ from reasonjax.trainers import optim, state as state_lib, step as step_lib
 class Preempted(Exception):  # noqa: N818 -- it is not an error: rerun the command to resume.
   """A signal stopped the run after saving a checkpoint; `signum` says which."""
 
-  def __init__(self, signum: int, step: int, saved: int | None = None):
+  def __init__(self, signum: int, step: int, saved: int | None):
     saved_text = ("after saving a checkpoint" if saved == step else
-                  f"(its updates were not finite: the last checkpoint is of step {saved})")
+                  "(its updates were not finite: "
+                  + (f"the last checkpoint is of step {saved})" if saved is not None
+                     else "no checkpoint was saved)"))
     super().__init__(f"stopped by {signal.Signals(signum).name} at step {step} {saved_text}; "
                      "rerun the same command to resume")
     self.signum, self.step, self.saved = signum, step, saved
@@ -71,7 +73,7 @@ def check_config(config) -> None:
     if not config[name] >= 0:
       raise ValueError(f"config.{name}={config[name]!r}; expected 0 (off: only at the end) or a "
                        "positive number of steps")
-  resume_from = str(config.resume_from)
+  resume_from = str(config.get("resume_from", "newest_intact"))
   if resume_from not in checkpoint.RESUME_FROM and not resume_from.isdigit():
     raise ValueError(f"config.resume_from={resume_from!r}; expected one of "
                      f"{checkpoint.RESUME_FROM} or a checkpoint's step number")
@@ -154,7 +156,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     params: initial parameters (e.g. from a checkpoint); None initialises them randomly.
     frozen: parameters the loss reads but does not train (a reference model), placed like
       `params`.
-    evaluate: `evaluate(params, rng) -> metrics`, run every `eval_every` steps and at the end.
+    evaluate: `evaluate(params, rng) -> metrics`, run every `eval_every` steps and at the end
+      (a rerun of a finished run reuses the final evaluation it logged).
 
   Returns:
     (final state, metrics of the final evaluation or {}).
@@ -168,16 +171,14 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
   schedule, max_nonfinite = optim.learning_rate_schedule(opt), opt["max_nonfinite_steps"]
   # Stored in each checkpoint: a checkpoint that no longer fits names the keys that changed.
   config_dict = json.loads(config.to_json_best_effort())
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 max_to_keep=config.keep_checkpoints)
-  with sharding.axis_rules(mesh, rules):
+  with contextlib.ExitStack() as closing, sharding.axis_rules(mesh, rules):
+    # Closed in reverse order however the run ends: bar, metrics writer, checkpointer.
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.keep_checkpoints)
+    closing.callback(ckpt.close)
     abstract, shardings = state_lib.abstract_state(cfg, tx, mesh=mesh, rules=rules)
-    try:
-      found = ckpt.restore_for_resume(abstract, resume_from=str(config.resume_from),
-                                      config=config_dict)
-    except BaseException:
-      ckpt.close()
-      raise
+    found = ckpt.restore_for_resume(
+        abstract, resume_from=str(config.get("resume_from", "newest_intact")), config=config_dict)
     if found is not None:
       start, state, data_state = found
       if data_state is not None:
@@ -199,8 +200,10 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
         loss_fn, tx, shardings, batch_shardings,
         shardings.params if frozen_args else None, accum_steps=config.accum_steps)
     # A run stopped after its final checkpoint has logged its final evaluation, or not.
-    final_eval = _logged_final_eval(workdir, step) if step == config.steps else {}
+    final_eval = (_logged_final_eval(workdir, step)
+                  if step == config.steps and evaluate is not None else {})
     writer = metrics_lib.MetricWriter(workdir, resume_step=step)
+    closing.callback(writer.close)
     # Tokens through the model per step on this process: every `*inputs` field (preference
     # pairs have two). MFU compares this process's FLOPs with its own devices' peak.
     inputs = [v for k, v in (host_batch or {}).items() if k.endswith("inputs")]
@@ -229,6 +232,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
 
     bar = tqdm.tqdm(total=config.steps, initial=step, desc=config.get("name", "train"),
                     dynamic_ncols=True)
+    closing.callback(bar.close)
     timer = None  # (time, step) of the last metrics read; None after a pause (compile, eval)
 
     def report(done: int, device_metrics, fingerprint: int):
@@ -252,53 +256,48 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
         where = (f"the checkpoint of step {last_saved} in {ckpt.directory} is the last one "
                  "saved, and all its steps were finite; rerun to resume from it"
                  if last_saved is not None else
-                 f"no checkpoint was saved; rerun to start again")
+                 "no checkpoint was saved; rerun to start again")
         raise NonFiniteError(
             f"step {done}: {streak} consecutive steps had a non-finite loss, gradient or update "
             f"(optimizer.max_nonfinite_steps={max_nonfinite}), so none of them was applied; "
             f"{where}. Lower optimizer.learning_rate or check the data first.")
 
     pending = None  # (step, device metrics, fingerprint) of the step in flight
-    try:
-      if evaluate is not None and config.eval_at_start and step == 0:
-        run_eval(0)
-      with _stop_requests() as stop:
-        while step < config.steps and stop["signum"] is None:
-          fingerprint = batch_fingerprint(host_batch)
-          state, device_metrics = train_step(
-              state, sharding.put_batch(host_batch, batch_shardings), *frozen_args)
-          step += 1
-          data_state = batches.get_state()
-          if pending is not None:  # Read step N-1's metrics while step N runs.
-            report(*pending)
-          # After the report: an on-policy source waits for step N to sample with its result.
-          host_batch = _next_batch(batches, state) if step < config.steps else None
-          pending = (step, device_metrics, fingerprint)
-          save_now = ((config.checkpoint_every and step % config.checkpoint_every == 0)
-                      or step == config.steps)
-          evaluate_now = (evaluate is not None and config.eval_every
-                          and step % config.eval_every == 0 and step < config.steps)
-          if save_now or evaluate_now:
-            # A checkpoint's metrics (and evaluation) are on disk before the checkpoint is, and
-            # its step's streak is known.
-            report(*pending)
-            pending = None
-          if evaluate_now:
-            run_eval(step)
-            timer = None
-          if save_now:
-            save(step)
-        if pending is not None:
+    if evaluate is not None and config.eval_at_start and step == 0:
+      run_eval(0)
+    with _stop_requests() as stop:
+      while step < config.steps and stop["signum"] is None:
+        fingerprint = batch_fingerprint(host_batch)
+        state, device_metrics = train_step(
+            state, sharding.put_batch(host_batch, batch_shardings), *frozen_args)
+        step += 1
+        data_state = batches.get_state()
+        if pending is not None:  # Read step N-1's metrics while step N runs.
           report(*pending)
-        if stop["signum"] is not None:
-          if last_saved != step:
-            save(step)
-          ckpt.wait()
-          raise Preempted(stop["signum"], step, last_saved)
-      if evaluate is not None and not final_eval:
-        final_eval = run_eval(step)
-    finally:
-      bar.close()
-      writer.close()
-      ckpt.close()
+        # After the report: an on-policy source waits for step N to sample with its result.
+        host_batch = _next_batch(batches, state) if step < config.steps else None
+        pending = (step, device_metrics, fingerprint)
+        save_now = ((config.checkpoint_every and step % config.checkpoint_every == 0)
+                    or step == config.steps)
+        evaluate_now = (evaluate is not None and config.eval_every
+                        and step % config.eval_every == 0 and step < config.steps)
+        if save_now or evaluate_now:
+          # A checkpoint's metrics (and evaluation) are on disk before the checkpoint is, and
+          # its step's streak is known.
+          report(*pending)
+          pending = None
+        if evaluate_now:
+          run_eval(step)
+          timer = None
+        if save_now:
+          save(step)
+      if pending is not None:
+        report(*pending)
+      if stop["signum"] is not None:
+        if last_saved != step:
+          save(step)
+        ckpt.wait()
+        raise Preempted(stop["signum"], step, last_saved)
+    if evaluate is not None and not final_eval:
+      final_eval = run_eval(step)
   return state, final_eval

@@ -1,5 +1,5 @@
 """The optimizer from the config: AdamW, linear warmup + cosine decay, global-norm clipping, and a
-guard that skips updates with non-finite gradients.
+guard that skips updates whose gradients, update or new parameters are not finite.
 
     tx = optim.make_optimizer(config.optimizer)
     optim.nonfinite_streak(state.opt_state)   # consecutive skipped updates, for the loop to stop
@@ -43,8 +43,8 @@ def check_fields(opt: Mapping[str, Any]) -> dict[str, Any]:
     raise ValueError(f"unknown optimizer field(s) {unknown}; valid: {sorted(FIELDS)}")
   opt = FIELDS | opt
   for name, value in opt.items():
-    if not math.isfinite(value):
-      raise ValueError(f"optimizer.{name}={value}; expected a finite number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+      raise ValueError(f"optimizer.{name}={value!r}; expected a finite number")
   for name in ("learning_rate", "total_steps", "max_nonfinite_steps"):
     if opt[name] <= 0:
       raise ValueError(f"optimizer.{name} must be positive, got {opt[name]}")
@@ -105,11 +105,11 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
 
 def _all_finite(tree) -> jax.Array:
   """bool []: every element of every leaf is finite (a norm could overflow on finite values)."""
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)] or [True]))
 
 
 def nonfinite_streak(opt_state) -> jax.Array:
-  """Consecutive updates skipped for non-finite gradients (int32 scalar)."""
+  """Consecutive updates skipped as non-finite (int32 scalar)."""
   return opt_state.notfinite_count
 
 

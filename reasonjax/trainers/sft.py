@@ -16,6 +16,7 @@ tokenizer) and `workdir/results.json`.
 from __future__ import annotations
 
 import functools
+import os
 import warnings
 
 import jax
@@ -40,12 +41,22 @@ def start_checkpoint(config) -> str:
   return config.init_from or old
 
 
-def run(config, workdir: str) -> dict:
-  """Trains; returns the final evaluation metrics (also in `workdir/results.json`)."""
+def check_config(config) -> None:
+  """Raises ValueError unless the run has a model: a Hugging Face folder in `init_from` (or its
+  deprecated alias) or a preset shape in `config.model`."""
   init_from = start_checkpoint(config)
+  if init_from and not os.path.isfile(os.path.join(init_from, "config.json")):
+    raise ValueError(f"config.init_from={init_from!r}: no config.json there; expected a Hugging "
+                     "Face checkpoint folder")
   if not init_from and not config.model.get("preset"):
     raise ValueError("config.init_from is empty and config.model names no preset: set "
                      "--config.init_from to a Hugging Face checkpoint folder")
+
+
+def run(config, workdir: str) -> dict:
+  """Trains; returns the final evaluation metrics (also in `workdir/results.json`)."""
+  check_config(config)
+  init_from = start_checkpoint(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
   params = None
   if init_from:
