@@ -4,7 +4,6 @@ tokenizer (conftest `gsm8k_checkpoint`), as a user starts them with a real check
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
@@ -16,21 +15,16 @@ from reasonjax.data import tokenizers
 from reasonjax.metrics import read_jsonl
 from tests.conftest import GSM8K_DIR, run_main
 
-SECONDS = 90  # each run; about 30 s (SFT) and 40 s (GRPO) on 2 CPU cores
-
 
 def _run(name, workdir, checkpoint, *flags):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as a user
-  start = time.perf_counter()
   result = run_main(
       f"--config=configs/{name}.py:runlocal", f"--config.init_from={checkpoint}",
       f"--config.tokenizer={checkpoint}",
       f"--config.task.knobs.train_path={os.path.join(GSM8K_DIR, 'train.jsonl')}",
       f"--config.task.knobs.test_path={os.path.join(GSM8K_DIR, 'test.jsonl')}", *flags,
       workdir=workdir, env=env)
-  seconds = time.perf_counter() - start
   assert result.returncode == 0, result.stderr[-3000:]
-  assert seconds < SECONDS, f"{name}:runlocal took {seconds:.0f} s"
   with open(os.path.join(workdir, "config.json")) as f:
     # The chat template's tokenizer follows --config.tokenizer (one value in the config).
     assert json.load(f)["task"]["knobs"]["tokenizer"] == checkpoint
