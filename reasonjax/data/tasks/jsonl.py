@@ -35,7 +35,6 @@ from absl import logging
 
 from reasonjax.data import datasets
 from reasonjax.data.tasks.base import SPLITS, Problem, StepCheck, Task
-from reasonjax.rewards import math as rmath
 
 TEMPLATES = ("plain", "chat")
 GSM8K_INSTRUCTION = ("Solve the problem step by step. End with a line '#### <answer>' that holds "
@@ -144,8 +143,10 @@ class Gsm8k(JsonlTask):
   instruction: str = GSM8K_INSTRUCTION
 
   def check_answer(self, problem: Problem, text: str) -> bool:
-    """The number of `text` (`rewards.math.extract_gsm8k`) equals the gold number."""
-    return rmath.is_equiv(rmath.extract_gsm8k(text), problem.answer)
+    """The number of `text` equals the gold number: GRPO's grader (`scoring.Gsm8kVerifier`), so
+    evaluation and reward agree."""
+    from reasonjax.rewards import scoring  # Local: scoring imports the tasks package.
+    return scoring.Gsm8kVerifier().check(problem, text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,5 +158,7 @@ class Math(JsonlTask):
   instruction: str = MATH_INSTRUCTION
 
   def check_answer(self, problem: Problem, text: str) -> bool:
-    """The last `\\boxed{...}` of `text` is equivalent to the gold answer (math-verify)."""
-    return rmath.is_equiv(rmath.extract_boxed(text), problem.answer)
+    """The last `\\boxed{...}` of `text` is equivalent to the gold answer (math-verify): GRPO's
+    grader (`scoring.MathVerifier`), so evaluation and reward agree."""
+    from reasonjax.rewards import scoring  # Local: scoring imports the tasks package.
+    return scoring.MathVerifier().check(problem, text)
