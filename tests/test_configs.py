@@ -139,3 +139,26 @@ def test_grpo_arith_runlocal_trains_on_its_own_samples(sft_workdir, tmp_path):
     assert results["sft_accuracy"] == json.load(f)["accuracy"]
   final = _rows(tmp_path, "eval/accuracy")[-1]
   assert results["grpo_accuracy"] == final["eval/accuracy"] and final["step"] == 8
+
+
+def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_path):
+  _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf")
+  with open(os.path.join(tmp_path, "search.json")) as f:
+    results = json.load(f)
+  rows = {(r["method"], r["n"]): r for r in results["rows"]}
+  from configs import search_arith
+  search = search_arith.get_config("runlocal").search
+  assert set(rows) == {(m, n) for m in search.methods for n in search.n_values}
+  assert all(0 <= r["accuracy"] <= 1 and r["tokens_per_problem"] > 0 for r in rows.values())
+  # Best-of-N over nested samples with the oracle scorer: never worse with more samples.
+  best = [rows["best_of_n", n]["accuracy"] for n in search.n_values]
+  assert best == sorted(best)
+  spent = [rows["best_of_n", n]["tokens_per_problem"] for n in search.n_values]
+  assert spent == sorted(spent) and spent[-1] > spent[0]
+  with open(os.path.join(tmp_path, "search.md")) as f:
+    table = f.read()
+  assert all(f"| {m} |" in table for m in search.methods) and "oracle" in table
+  # A rerun finds every row done and computes none again.
+  _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf")
+  with open(os.path.join(tmp_path, "search.json")) as f:
+    assert json.load(f)["rows"] == results["rows"]

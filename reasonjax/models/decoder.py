@@ -1,9 +1,11 @@
-"""The decoder: embedding, scanned decoder layers, final norm, LM and score heads, KV cache.
+"""The decoder: embedding, scanned decoder layers, final norm, LM and score heads, KV caches.
 
     model = Model(cfg)
     logits = model.apply({"params": params}, tokens, attention_mask=mask)         # [B, T, V] f32
     logits, cache = model.apply({"params": params}, tokens, cache=cache)          # incremental
     scores = model.apply({"params": params}, tokens, method=Model.score)          # [B, T] f32
+    _, prefix = prefill(model, params, prompts, prompt_lengths, prompts.shape[1])
+    cache = SharedPrefixCache.create(prefix, n, capacity)  # n rows per prompt, one prompt copy
 
 Layer parameters are one subtree per layer (`layers_0`, ...) by default; with `scan_layers` they
 are stacked along a leading `layers` axis and run under `nn.scan` (see `ModelConfig`).
@@ -19,7 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from reasonjax.models.config import ModelConfig
-from reasonjax.models.layers import DecoderLayer, Linear, RMSNorm, rope_tables
+from reasonjax.models.layers import (DecoderLayer, Linear, RMSNorm, cached_attention, rope_tables,
+                                     shared_prefix_attention)
 
 Array = jax.Array
 
@@ -70,12 +73,83 @@ class KVCache:
         return buffers.at[i, rows, :, slots].set(x.astype(buffers.dtype), mode="drop")
     return self.replace(k=put(self.k, k), v=put(self.v, v))
 
+  def attend(self, i, q: Array, mask: Array) -> Array:
+    """Attention of q [B, T, H, hd] over layer i; mask: bool [B, 1, T, S]."""
+    return cached_attention(q, *self.layer(i), mask)
+
   def repeat(self, n: int) -> KVCache:
     """Each row repeated n times (row b -> rows b*n .. b*n+n-1): n samples share a prompt."""
     axis = 0 if isinstance(self.k, tuple) else 1
     rep = lambda x, ax: jnp.repeat(x, n, axis=ax, total_repeat_length=x.shape[ax] * n)  # noqa: E731
     return KVCache(k=jax.tree.map(lambda x: rep(x, axis), self.k),
                    v=jax.tree.map(lambda x: rep(x, axis), self.v), lengths=rep(self.lengths, 0))
+
+
+@flax.struct.dataclass
+class SharedPrefixCache:
+  """One read-only cache per prefix, shared by its n rows, and a `KVCache` of each row's own
+  tokens: k samples of a prompt keep one copy of its keys and values instead of k.
+
+  Row r = b * n + j continues prefix b; its token t sits at position prefix_lengths[b] + t (slot
+  t of `rows`), so RoPE positions are those of one long sequence. Attention reads both parts
+  (`layers.shared_prefix_attention`).
+
+  Attributes:
+    prefix_k, prefix_v: [L, B, K, P, hd], or for `scan_layers=False` a tuple of L [B, K, P, hd]
+      (as in `KVCache`); slots [0, prefix_lengths[b]) of prefix b are real.
+    prefix_lengths: int32 [B].
+    rows: `KVCache` of the B * n rows, [.., B * n, K, C, hd]; its lengths count each row's own
+      tokens (0 after `create`).
+  """
+
+  prefix_k: Array | tuple[Array, ...]
+  prefix_v: Array | tuple[Array, ...]
+  prefix_lengths: Array
+  rows: KVCache
+
+  @classmethod
+  def create(cls, prefix: KVCache, n: int, capacity: int) -> SharedPrefixCache:
+    """Shares `prefix` (e.g. from `prefill`, its capacity the prompt block) among n rows per
+    prefix, each with room for `capacity` tokens of its own."""
+    def empty(x):  # [.., B, K, P, hd] -> [.., B * n, K, capacity, hd], layer layout kept.
+      shape = list(x.shape)
+      shape[-4], shape[-2] = shape[-4] * n, capacity
+      return jnp.zeros(shape, x.dtype)
+    rows = KVCache(k=jax.tree.map(empty, prefix.k), v=jax.tree.map(empty, prefix.v),
+                   lengths=jnp.zeros((prefix.lengths.shape[0] * n,), jnp.int32))
+    return cls(prefix_k=prefix.k, prefix_v=prefix.v, prefix_lengths=prefix.lengths, rows=rows)
+
+  @property
+  def num_samples(self) -> int:
+    """n, the rows per prefix."""
+    return self.rows.lengths.shape[0] // self.prefix_lengths.shape[0]
+
+  @property
+  def capacity(self) -> int:
+    """Slots of each row's own cache."""
+    return self.rows.capacity
+
+  @property
+  def prefix_mask(self) -> Array:
+    """bool [B, P], True for the real slots of each prefix."""
+    width = jax.tree.leaves(self.prefix_k)[0].shape[-2]
+    return jnp.arange(width)[None] < self.prefix_lengths[:, None]
+
+  @property
+  def lengths(self) -> Array:
+    """Tokens each row sees, prefix included: int32 [B * n] (as `KVCache.lengths`)."""
+    n = self.num_samples
+    return jnp.repeat(self.prefix_lengths, n, total_repeat_length=n * self.prefix_lengths.shape[0]
+                      ) + self.rows.lengths
+
+  def write(self, i, slots: Array, k: Array, v: Array) -> SharedPrefixCache:
+    """Writes k, v [B * n, T, K, hd] into the rows' own cache (the prefix is read-only)."""
+    return self.replace(rows=self.rows.write(i, slots, k, v))
+
+  def attend(self, i, q: Array, mask: tuple[Array, Array]) -> Array:
+    """q [B * n, T, H, hd]; mask: (prefix mask bool [B, P], rows' mask bool [B * n, 1, T, C])."""
+    prefix_k, prefix_v = self.prefix_k[i], self.prefix_v[i]
+    return shared_prefix_attention(q, prefix_k, prefix_v, mask[0], *self.rows.layer(i), mask[1])
 
 
 def init_cache(cfg: ModelConfig, batch_size: int, capacity: int, dtype=None) -> KVCache:
@@ -164,7 +238,8 @@ class Model(nn.Module):
 
   def hidden_states(self, tokens: Array, attention_mask: Array | None = None, *,
                     positions: Array | None = None, segment_ids: Array | None = None,
-                    cache: KVCache | None = None) -> tuple[Array, KVCache | None]:
+                    cache: KVCache | SharedPrefixCache | None = None
+                    ) -> tuple[Array, KVCache | SharedPrefixCache | None]:
     """Final normed hidden states [B, T, D] (compute dtype) and the updated cache.
 
     Args:
@@ -174,7 +249,8 @@ class Model(nn.Module):
       positions: int32 [B, T]. Default: index within the segment when `segment_ids` is given,
         cumsum(attention_mask) - 1 with a mask, the cache slot with a cache, else arange(T).
       segment_ids: int32 [B, T] for packed sequences; tokens attend only within their segment.
-      cache: optional `KVCache`; keys and values of this call are appended to it.
+      cache: optional `KVCache` or `SharedPrefixCache`; keys and values of this call are appended
+        to it (to a shared cache's rows, which continue their prefixes).
     """
     cfg = self.cfg
     batch, length = tokens.shape
@@ -182,12 +258,17 @@ class Model(nn.Module):
     if cache is not None:
       if segment_ids is not None:
         raise ValueError("segment_ids (packed sequences) cannot be combined with a KV cache")
-      slots = cache.lengths[:, None] + jnp.arange(length, dtype=jnp.int32)
-      mask = jnp.arange(cache.capacity)[None, None, None, :] <= slots[:, None, :, None]
+      shared = isinstance(cache, SharedPrefixCache)
+      own = cache.rows if shared else cache
+      slots = own.lengths[:, None] + jnp.arange(length, dtype=jnp.int32)
+      mask = jnp.arange(own.capacity)[None, None, None, :] <= slots[:, None, :, None]
       if positions is None:
-        positions = slots
+        # A row of a shared cache continues its prefix: its own slot s is position length + s.
+        positions = slots + (cache.lengths - own.lengths)[:, None] if shared else slots
+      if shared:
+        mask = (cache.prefix_mask, mask)
       n_new = length if attention_mask is None else attention_mask.astype(jnp.int32).sum(-1)
-      new_lengths = cache.lengths + n_new
+      new_lengths = own.lengths + n_new
     else:
       mask = attention_mask_4d(attention_mask, segment_ids, batch, length)
       if positions is None:
@@ -209,7 +290,9 @@ class Model(nn.Module):
     else:
       for i, layer in enumerate(self.layers):
         (h, cache), _ = layer((h, cache), i, sin, cos, mask, slots)
-    if cache is not None:
+    if isinstance(cache, SharedPrefixCache):
+      cache = cache.replace(rows=cache.rows.replace(lengths=new_lengths))
+    elif cache is not None:
       cache = cache.replace(lengths=new_lengths)
     return self.norm(h), cache
 
@@ -230,7 +313,7 @@ class Model(nn.Module):
 
   def __call__(self, tokens: Array, attention_mask: Array | None = None, *,
                positions: Array | None = None, segment_ids: Array | None = None,
-               cache: KVCache | None = None):
+               cache: KVCache | SharedPrefixCache | None = None):
     """Logits float32 [B, T, V]; with a cache, (logits, new_cache). Args as `hidden_states`."""
     if not self.cfg.lm_head:
       raise ValueError("this model has no LM head (lm_head=False); call Model.score instead")

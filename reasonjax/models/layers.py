@@ -1,4 +1,5 @@
-"""Decoder building blocks: RMSNorm, rotary embeddings, grouped-query attention, SwiGLU MLP.
+"""Decoder building blocks: RMSNorm, rotary embeddings, grouped-query attention (full, blockwise,
+over a KV cache, over a prefix cache shared by several rows), SwiGLU MLP.
 
 Module and parameter names mirror the Hugging Face ones (`self_attn/q_proj/kernel` is
 `self_attn.q_proj.weight` transposed), so checkpoint conversion is a table (`models/hf.py`).
@@ -137,6 +138,72 @@ def cached_attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
   return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, hd)
 
 
+def _partial_softmax(scores: Array, v: Array, subscripts: str) -> tuple[Array, Array, Array]:
+  """One part of a split softmax: (max m, sum exp(s - m), exp(s - m) v), all float32.
+
+  scores: masked, scaled float32 [..., S] (masked entries at finfo.min, so a part whose keys
+  are all masked ends up with m = finfo.min and a weight exp(m - m_total) = 0 when combined).
+  """
+  m = jnp.max(scores, axis=-1, keepdims=True)
+  e = jnp.exp(scores - m)
+  out = jnp.einsum(subscripts, e.astype(v.dtype), v, preferred_element_type=jnp.float32)
+  return m, jnp.sum(e, axis=-1, keepdims=True), out
+
+
+def shared_prefix_attention(q: Array, prefix_k: Array, prefix_v: Array, prefix_mask: Array,
+                            k: Array, v: Array, mask: Array) -> Array:
+  """Attention of n rows per prefix over one shared prefix cache and each row's own cache.
+
+  Row r = b * n + j (n = R / B) attends to prefix b's keys and to its own. Each part gives its
+  row max m_i, l_i = sum exp(s - m_i) and o_i = sum exp(s - m_i) v; with m = max(m_1, m_2),
+
+      out = (e^(m_1 - m) o_1 + e^(m_2 - m) o_2) / (e^(m_1 - m) l_1 + e^(m_2 - m) l_2),
+
+  which is softmax(q [K_prefix; K_row]^T / sqrt(hd) + log mask) [V_prefix; V_row] exactly.
+  The prefix scores are one batched matmul per (prefix, KV head) whose rows are the n * T * G
+  queries of that prefix's rows (G = H / K): each prefix key is read once per step for its n
+  rows, not n times.
+
+  Args:
+    q: [R, T, H, hd], R = B * n rows, prefix-major.
+    prefix_k, prefix_v: [B, K, P, hd].
+    prefix_mask: bool [B, P], True for a real prefix slot.
+    k, v: [R, K, S, hd], each row's own keys and values (e.g. its generated tokens).
+    mask: bool [R, 1, T, S].
+
+  Returns:
+    [R, T, H, hd] in q's dtype. Each query must see at least one key in one of the parts.
+  """
+  rows, t, h, hd = q.shape
+  b, kv = prefix_k.shape[:2]
+  n, g = rows // b, h // kv
+  if rows != b * n:
+    raise ValueError(f"q has {rows} rows, not a multiple of the {b} prefixes")
+  scale, fill = 1 / np.sqrt(hd), jnp.finfo(jnp.float32).min
+  # Prefix part, [B, K, n, T, G, .]: the n rows of a prefix and their G query heads are the rows
+  # of one matmul against that prefix's keys.
+  qp = q.reshape(b, n, t, kv, g, hd)
+  s_p = jnp.einsum("bntkgd,bkpd->bkntgp", qp, prefix_k.astype(q.dtype),
+                   preferred_element_type=jnp.float32) * scale
+  s_p = jnp.where(prefix_mask[:, None, None, None, None, :], s_p, fill)
+  m_p, l_p, o_p = _partial_softmax(s_p, prefix_v.astype(q.dtype), "bkntgp,bkpd->bkntgd")
+  # Own part, [R, K, G, T, .], laid out as `cached_attention`'s.
+  qs = q.reshape(rows, t, kv, g, hd)
+  s_s = jnp.einsum("btkgd,bksd->bkgts", qs, k.astype(q.dtype),
+                   preferred_element_type=jnp.float32) * scale
+  s_s = jnp.where(mask[:, :, None], s_s, fill)
+  m_s, l_s, o_s = _partial_softmax(s_s, v.astype(q.dtype), "bkgts,bksd->bkgtd")
+  # Both parts to the output layout [B, n, T, K, G, .] (hd or 1 wide: no score-sized copies).
+  from_prefix = lambda x: x.transpose(0, 2, 3, 1, 4, 5)  # noqa: E731
+  from_rows = lambda x: x.reshape(b, n, kv, g, t, -1).transpose(0, 1, 4, 2, 3, 5)  # noqa: E731
+  m_p, l_p, o_p = map(from_prefix, (m_p, l_p, o_p))
+  m_s, l_s, o_s = map(from_rows, (m_s, l_s, o_s))
+  m = jnp.maximum(m_p, m_s)
+  a_p, a_s = jnp.exp(m_p - m), jnp.exp(m_s - m)
+  out = (a_p * o_p + a_s * o_s) / (a_p * l_p + a_s * l_s)
+  return out.reshape(rows, t, h, hd).astype(q.dtype)
+
+
 def _block_bounds(length: int, block: int) -> list[tuple[int, int]]:
   return [(start, min(start + block, length)) for start in range(0, length, block)]
 
@@ -236,7 +303,8 @@ class Attention(nn.Module):
   """Grouped-query self-attention with RoPE and an optional in-place KV cache.
 
   Shapes: x [B, T, D]; mask [B, 1, T, S] (True = attend); S = T without a cache, else the cache
-  capacity. With a cache, the new keys/values are written at `slots` [B, T] of layer `layer`.
+  capacity (a `SharedPrefixCache` takes its pair of masks). With a cache, the new keys/values are
+  written at `slots` [B, T] of layer `layer`.
   """
 
   cfg: ModelConfig
@@ -266,8 +334,9 @@ class Attention(nn.Module):
       impl = None if cfg.attention_impl == "auto" else cfg.attention_impl
       out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=impl)
     else:
+      # The cache (`KVCache`, `SharedPrefixCache`) knows which attention reads its layout.
       cache = cache.write(layer, slots, k, v)
-      out = cached_attention(q, *cache.layer(layer), mask)
+      out = cache.attend(layer, q, mask)
     out = nn.with_logical_constraint(out, ("act_batch", "act_len", "act_heads", "head_dim"))
     out = Linear((cfg.hidden_size,), ("heads", "head_dim", "embed"), cfg, n_in=2,
                  use_bias=cfg.o_bias, name="o_proj")(out)

@@ -5,9 +5,16 @@
 
 One XLA program per (model, config, batch size, prompt bucket): the prompt block is padded to the
 next power of two, so prompts of new lengths inside a bucket reuse the compiled program. Inside it,
-the prompts run through the model once, their KV cache is repeated for the `num_samples` samples
-of each prompt, and a `lax.while_loop` decodes one token per step into the preallocated cache until
-every row has finished or `max_new_tokens` is reached.
+the prompts run through the model once and a `lax.while_loop` decodes one token per step into a
+preallocated cache until every row has finished or `max_new_tokens` is reached.
+
+The `num_samples` rows of a prompt share its KV cache (`share_prefix`, the default): one copy of
+the prompt's keys and values, read once per step for all its rows, beside a per-row cache of the
+generated tokens (`models.SharedPrefixCache`). With `share_prefix=False` the prompt's cache is
+copied for each row (`KVCache.repeat`); the two compute the same logits up to float rounding.
+Sharing saves n - 1 copies of each prompt's cache and their reads at every step (k expansions of
+a search node, best-of-N, a GRPO group); with short prompts it costs a few percent per step more
+on CPU (two softmax parts instead of one: more, smaller kernels). benchmarks/search.py measures it.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasonjax.models import Model, prefill, unstack_layers
-from reasonjax.models.decoder import KVCache
+from reasonjax.models.decoder import KVCache, SharedPrefixCache
 from reasonjax.sampling.processors import sample_tokens
 
 Array = jax.Array
@@ -49,6 +56,8 @@ class SamplingConfig:
     stop_sequences: token-id sequences that end a row right after they are generated (reason
       'stop'); a reasoning-step delimiter is often several tokens.
     pad_token_id: written after the end of each row.
+    share_prefix: the rows of a prompt read one copy of its KV cache (see the module docstring);
+      False copies it for each row. Only used with num_samples > 1.
   """
 
   max_new_tokens: int = 64
@@ -61,6 +70,7 @@ class SamplingConfig:
   stop_token_ids: tuple[int, ...] = ()
   stop_sequences: tuple[tuple[int, ...], ...] = ()
   pad_token_id: int = 0
+  share_prefix: bool = True
 
   def __post_init__(self):
     # Lists (from configs or JSON) become tuples, so the config stays hashable.
@@ -148,7 +158,7 @@ class _DecodeState:
   lengths: Array  # int32 [N]
   finish_reason: Array  # int32 [N]
   window: Array  # int32 [N, W], the last W tokens (W = longest stop sequence)
-  cache: KVCache
+  cache: KVCache | SharedPrefixCache
 
 
 def bucket_length(length: int) -> int:
@@ -208,11 +218,16 @@ def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *
     params = unstack_layers(params)
     model = Model(model.cfg.replace(scan_layers=False))
   params = jax.tree.map(lambda x: x.astype(model.cfg.dtype), params)
-  hidden, cache = prefill(model, params, prompt_tokens, prompt_lengths, width + steps)
+  # The prompt is run once; its cache and last logits serve its n samples.
+  if config.share_prefix and n > 1:
+    hidden, prefix = prefill(model, params, prompt_tokens, prompt_lengths, width)
+    # The last generated token is never fed back: steps - 1 own slots per row are enough.
+    cache = SharedPrefixCache.create(prefix, n, max(steps - 1, 1))
+  else:
+    hidden, cache = prefill(model, params, prompt_tokens, prompt_lengths, width + steps)
+    cache = cache.repeat(n)
   # Vocabulary logits of the last prompt token only: [B, P, V] would cost more than the prefill.
   last = model.apply({"params": params}, hidden, method=Model.logits_from_hidden)[:, 0]
-  # The prompt is run once; its cache and last logits are shared by its n samples.
-  cache = cache.repeat(n)
   last = jnp.repeat(last, n, axis=0, total_repeat_length=batch * n)
   rows = batch * n
   window = max([len(s) for s in config.end_sequences] + [1])

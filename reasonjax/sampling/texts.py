@@ -34,7 +34,7 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[np.ndarray, np.nd
 
 def generate_texts(model, params, tokenizer, prompts: Sequence[str], rng: jax.Array,
                    config: SamplingConfig, *, batch_size: int = 64,
-                   progress: str | None = None) -> list[list[str]]:
+                   progress: str | None = None, return_lengths: bool = False):
   """`config.num_samples` completions of each prompt, decoded.
 
   Args:
@@ -46,15 +46,18 @@ def generate_texts(model, params, tokenizer, prompts: Sequence[str], rng: jax.Ar
     config: the `SamplingConfig`; its EOS ends a row and is dropped from the text.
     batch_size: prompts per sampler call.
     progress: a tqdm description; None shows no bar.
+    return_lengths: also return the generated tokens of each sample (EOS included), int32
+      [N, num_samples]: what a search method's budget counts.
 
   Returns:
-    N lists of num_samples strings.
+    N lists of num_samples strings (and the lengths, with return_lengths).
   """
   if not prompts:
-    return []
+    return ([], np.zeros((0, config.num_samples), np.int32)) if return_lengths else []
   tokens, lengths = encode_prompts(tokenizer, prompts)
   n = config.num_samples
   out: list[list[str]] = []
+  counts = []
   starts = range(0, len(prompts), batch_size)
   for i, start in enumerate(tqdm.tqdm(starts, desc=progress, disable=progress is None,
                                       leave=False)):
@@ -63,8 +66,12 @@ def generate_texts(model, params, tokenizer, prompts: Sequence[str], rng: jax.Ar
     rows = np.where(rows < len(prompts), rows, start)  # Fixed shape: pad with the first prompt.
     result = sample(model, params, tokens[rows], lengths[rows], jax.random.fold_in(rng, i),
                     config)
-    texts = decode_rows(tokenizer, jax.device_get(result))
+    result = jax.device_get(result)
+    texts = decode_rows(tokenizer, result)
     out += [texts[b * n:(b + 1) * n] for b in range(len(prompts[chunk]))]
+    counts.append(np.asarray(result.lengths)[:len(prompts[chunk]) * n])
+  if return_lengths:
+    return out, np.concatenate(counts).reshape(len(prompts), n).astype(np.int32)
   return out
 
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 
-from reasonjax.trainers import dpo, grpo, loop, model_report, reward_model, sft
+from reasonjax.trainers import dpo, grpo, loop, model_report, reward_model, search, sft
 
 TRAINERS: dict[str, Callable] = {
     "model_report": model_report.run,
@@ -10,6 +10,7 @@ TRAINERS: dict[str, Callable] = {
     "dpo": dpo.run,
     "reward_model": reward_model.run,
     "grpo": grpo.run,
+    "search": search.run,
 }
 
 
@@ -39,6 +40,7 @@ CHECKS: dict[str, Callable] = {
     "dpo": dpo.check_config,
     "reward_model": reward_model.check_config,
     "grpo": grpo.check_config,
+    "search": search.check_config,
 }
 
 __all__ = ["CHECKS", "TRAINERS", "check_config", "get"]

@@ -36,10 +36,11 @@ from absl import logging
 from reasonjax import models
 from reasonjax.data import batching, step_labels
 from reasonjax.losses import reward, tokens
+from reasonjax.search import scorers
 from reasonjax.trainers import experiment, loop
 
 # What a label judges: a whole solution, a step, or steps and merged pairs of steps.
-GRANULARITIES = ("orm", "prm", "hrm")
+GRANULARITIES = scorers.GRANULARITIES
 
 
 def reward_loss(params, batch, rng, frozen=None, *, model, granularity: str, kind: str):
@@ -115,24 +116,6 @@ def _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split:
   return problems, rows
 
 
-def _score_fn(model, batch_size: int):
-  """Examples padded to one length (`batching.pad_example`) -> each one's scores at its marked
-  positions. Jitted for one shape: the last chunk is padded with empty rows."""
-  score = jax.jit(lambda p, x: model.apply({"params": p}, x, method=models.Model.score))
-
-  def run(params, examples):
-    out = []
-    for start in range(0, len(examples), batch_size):
-      chunk = examples[start:start + batch_size]
-      inputs = np.zeros((batch_size, len(chunk[0]["inputs"])), np.int32)
-      inputs[:len(chunk)] = [e["inputs"] for e in chunk]
-      for row, e in zip(np.asarray(score(params, inputs)), chunk):
-        out.append(row[e["step_mask"] > 0])
-    return out
-
-  return run
-
-
 def check_config(config) -> None:
   """Raises ValueError for an unknown granularity or label kind: checked before sampling the
   data, not first when the loss is traced."""
@@ -176,7 +159,7 @@ def run(config, workdir: str) -> dict:
               tokenizer, task.prompt(problems[row["problem"]]), *u[0]), config.seq_len))
           for row in rows
           if (u := units(task, problems[row["problem"]], row["text"], config.granularity))]
-  score = _score_fn(models.Model(cfg), config.eval.batch_size)
+  score = scorers.score_fn(models.Model(cfg), config.eval.batch_size)
 
   def evaluate(params, rng):
     del rng

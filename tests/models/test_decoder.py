@@ -177,3 +177,43 @@ def test_misuse_raises_clear_errors(params):
     model.apply({"params": params}, tokens, segment_ids=tokens, cache=cache)
   with pytest.raises(ValueError, match="no score head"):
     model.apply({"params": params}, tokens, method=models.Model.score)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_shared_prefix_cache_decode_equals_full_forward(scan_layers):
+  """Prompts of different lengths prefill once; n = 2 rows per prompt then take different
+  tokens (a 2-token chunk, then one per step) against the shared prompt cache. Every logit equals
+  the full forward of that row's prompt + tokens, with positions continuing after the prompt;
+  the prompt cache is never written."""
+  cfg = CFG.replace(scan_layers=scan_layers)
+  stacked = models.init_params(CFG.replace(scan_layers=True), jax.random.key(2))
+  params = stacked if scan_layers else models.unstack_layers(stacked)
+  model = models.Model(cfg)
+  rng = np.random.default_rng(3)
+  lengths, n, width, new = np.array([5, 2, 7]), 2, 7, 6
+  prompts = rng.integers(0, cfg.vocab_size, (3, width)).astype(np.int32)
+  rows = np.arange(3 * n) // n
+  tokens = rng.integers(0, cfg.vocab_size, (3 * n, new)).astype(np.int32)
+  seqs = np.zeros((3 * n, width + new), np.int32)
+  for r in range(3 * n):
+    seqs[r, :lengths[rows[r]] + new] = np.concatenate([prompts[rows[r], :lengths[rows[r]]],
+                                                        tokens[r]])
+  full = forward(params, seqs, cfg=cfg)
+  _, prefix = jax.jit(models.prefill, static_argnums=(0, 4))(
+      model, params, jnp.asarray(prompts), jnp.asarray(lengths), width)
+  cache = models.SharedPrefixCache.create(prefix, n, new)
+  assert cache.num_samples == n and cache.capacity == new
+  step = jax.jit(lambda p, t, c: model.apply({"params": p}, t, cache=c))
+  logits, cache = step(params, jnp.asarray(tokens[:, :2]), cache)
+  at = lengths[rows][:, None] + np.arange(new)  # position of each generated token
+  np.testing.assert_allclose(np.asarray(logits), full[np.arange(3 * n)[:, None], at[:, :2]],
+                             atol=1e-4)
+  for j in range(2, new):
+    logits, cache = step(params, jnp.asarray(tokens[:, j:j + 1]), cache)
+    np.testing.assert_allclose(np.asarray(logits)[:, 0], full[np.arange(3 * n), at[:, j]],
+                               atol=1e-4, err_msg=f"decode step {j}")
+  np.testing.assert_array_equal(np.asarray(cache.lengths), lengths[rows] + new)
+  np.testing.assert_array_equal(np.asarray(cache.rows.lengths), np.full(3 * n, new))
+  for a, b in ((cache.prefix_k, prefix.k), (cache.prefix_v, prefix.v)):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -145,3 +145,69 @@ def test_blockwise_causal_attention_bfloat16_gradients():
   for a, r in zip(low, high):
     assert a.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(r), rtol=0.1, atol=0.1)
+
+
+def _shared_prefix_case(rng, b, n, t, p, s, h=4, kv=2, d=8):
+  """Random q, prefix and per-row caches with ragged prefix lengths and a causal own part."""
+  q = rng.normal(size=(b * n, t, h, d))
+  prefix_k, prefix_v = rng.normal(size=(2, b, kv, p, d))
+  k, v = rng.normal(size=(2, b * n, kv, s, d))
+  prefix_lengths = rng.integers(1, p + 1, b)
+  prefix_mask = np.arange(p)[None] < prefix_lengths[:, None]
+  # Row r holds own_lengths[r] earlier tokens; its t queries sit at the slots after them.
+  own_lengths = rng.integers(0, s - t + 1, b * n)
+  slots = own_lengths[:, None] + np.arange(t)
+  mask = np.arange(s)[None, None, None, :] <= slots[:, None, :, None]
+  return q, prefix_k, prefix_v, prefix_mask, k, v, mask
+
+
+@pytest.mark.parametrize("n, t", [(1, 1), (3, 1), (4, 3)])
+def test_shared_prefix_attention_matches_float64(n, t):
+  """Each row attends to its prefix's keys and its own, as one softmax over both."""
+  rng = np.random.default_rng(n * 10 + t)
+  b, p, s = 3, 6, 5
+  q, prefix_k, prefix_v, prefix_mask, k, v, mask = _shared_prefix_case(rng, b, n, t, p, s)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+  out = jax.jit(layers.shared_prefix_attention)(
+      f32(q), f32(prefix_k), f32(prefix_v), jnp.asarray(prefix_mask), f32(k), f32(v),
+      jnp.asarray(mask))
+  # Reference: row r's keys are [prefix r // n; own r] in the [B, S, K, d] layout.
+  rows = np.arange(b * n) // n
+  both_k = np.concatenate([prefix_k[rows], k], axis=2).transpose(0, 2, 1, 3)
+  both_v = np.concatenate([prefix_v[rows], v], axis=2).transpose(0, 2, 1, 3)
+  both_mask = np.concatenate([np.broadcast_to(prefix_mask[rows][:, None, None], (b * n, 1, t, p)),
+                              mask], axis=-1)
+  ref = _attention_reference(q, both_k, both_v, both_mask)
+  np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefix_attention_one_part_masked():
+  """A row whose own part is empty (or whose prefix is masked out) attends to the other part
+  only: a fully masked part gets weight 0, not the uniform average of its slots."""
+  rng = np.random.default_rng(0)
+  q, prefix_k, prefix_v, prefix_mask, k, v, mask = _shared_prefix_case(rng, 2, 2, 1, 5, 4)
+  f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+  attend = jax.jit(layers.shared_prefix_attention)
+  no_own = attend(f32(q), f32(prefix_k), f32(prefix_v), jnp.asarray(prefix_mask), f32(k), f32(v),
+                  jnp.zeros(mask.shape, bool))
+  rows = np.arange(4) // 2
+  ref = _attention_reference(q, prefix_k[rows].transpose(0, 2, 1, 3),
+                             prefix_v[rows].transpose(0, 2, 1, 3),
+                             np.broadcast_to(prefix_mask[rows][:, None, None], (4, 1, 1, 5)))
+  np.testing.assert_allclose(np.asarray(no_own), ref, rtol=1e-5, atol=1e-5)
+  no_prefix = attend(f32(q), f32(prefix_k), f32(prefix_v), jnp.zeros(prefix_mask.shape, bool),
+                     f32(k), f32(v), jnp.asarray(mask))
+  ref = _attention_reference(q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3), mask)
+  np.testing.assert_allclose(np.asarray(no_prefix), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_shared_prefix_attention_bfloat16():
+  """bf16 inputs: bf16 output close to the f32 one (scores and the combination stay f32)."""
+  rng = np.random.default_rng(1)
+  args = _shared_prefix_case(rng, 2, 3, 1, 7, 4)
+  f32 = [jnp.asarray(x, jnp.float32) if x.dtype != bool else jnp.asarray(x) for x in args]
+  low = [x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x for x in f32]
+  out_low = jax.jit(layers.shared_prefix_attention)(*low)
+  out = jax.jit(layers.shared_prefix_attention)(*f32)
+  assert out_low.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out_low, np.float32), np.asarray(out), atol=0.05)

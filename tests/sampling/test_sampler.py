@@ -190,6 +190,73 @@ def test_sharded_sampling_equals_single_device(tiny):
   np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
 
 
+def _assert_same_samples(shared, copied, logprob_tol=1e-5):
+  np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(copied.tokens))
+  np.testing.assert_array_equal(np.asarray(shared.lengths), np.asarray(copied.lengths))
+  np.testing.assert_array_equal(np.asarray(shared.finish_reason), np.asarray(copied.finish_reason))
+  np.testing.assert_allclose(np.asarray(shared.logprobs), np.asarray(copied.logprobs),
+                             rtol=logprob_tol, atol=logprob_tol)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_shared_prefix_equals_copied_cache(tiny, temperature):
+  """Rows reading one shared copy of their prompt's cache sample what rows reading their own
+  copy sample: same tokens, ends and reasons, log-probs to float32 rounding; prompts of
+  different lengths, 3 samples each, stop sequences, stop ids and EOS that really occur."""
+  model, params = tiny
+  tokens, lengths = prompts(model.cfg.vocab_size, [3, 11, 6, 9], seed=5)
+  base = Config(max_new_tokens=24, temperature=temperature, num_samples=3)
+  free = np.asarray(sampling.sample(model, params, tokens, lengths, jax.random.key(7),
+                                    base.replace(share_prefix=False)).tokens)
+  config = base.replace(stop_sequences=(tuple(int(t) for t in free[0, 5:7]),),
+                        stop_token_ids=(int(free[4, 9]),), eos_token_id=int(free[7, 12]),
+                        pad_token_id=-1)
+  shared = sampling.sample(model, params, tokens, lengths, jax.random.key(7), config)
+  copied = sampling.sample(model, params, tokens, lengths, jax.random.key(7),
+                           config.replace(share_prefix=False))
+  _assert_same_samples(shared, copied)
+  reasons = set(np.asarray(shared.finish_reason).tolist())
+  assert {sampling.STOP, sampling.EOS} <= reasons, reasons  # the ends are exercised
+  if temperature:  # the 3 samples of a prompt differ: the rows really are separate
+    assert len({tuple(r) for r in np.asarray(shared.tokens)[3:6].tolist()}) > 1
+
+
+def test_shared_prefix_cache_holds_one_prompt_copy(tiny):
+  """The shared program's memory does not grow with the prompt's copies: at 16 samples of
+  256-token prompts its temporaries are several times smaller than the copying program's."""
+  model, params = tiny
+  tokens = jnp.zeros((2, 256), jnp.int32)
+  lengths = jnp.full((2,), 256, jnp.int32)
+  config = Config(max_new_tokens=8, num_samples=16)
+
+  def temp_bytes(config):
+    compiled = sampler._generate.lower(params, tokens, lengths, jax.random.key(0), model=model,
+                                       config=config).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  # Copying: 32 rows x 264 slots of cache; shared: 2 x 256 + 32 x 7 slots (and the prefill's
+  # temporaries, the same in both).
+  assert temp_bytes(config.replace(share_prefix=False)) > 3 * temp_bytes(config)
+
+
+def test_sharded_shared_prefix_equals_single_device_copied(tiny):
+  """The shared-prefix sampler sharded on a (2, 2, 2) mesh equals the copying one on 1 device."""
+  model, params = tiny
+  cfg = model.cfg
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  shardings = sharding.logical_to_shardings(models.param_logical_axes(cfg),
+                                            models.param_shapes(cfg), mesh, AXIS_RULES)
+  sharded = jax.device_put(params, shardings)
+  tokens, lengths = prompts(cfg.vocab_size, [3, 9, 5, 7])
+  config = Config(max_new_tokens=16, temperature=0.8, num_samples=4)
+  ref = sampling.sample(model, params, tokens, lengths, jax.random.key(2),
+                        config.replace(share_prefix=False))
+  with sharding.axis_rules(mesh, AXIS_RULES):
+    out = sampling.sample(model, sharded, tokens, lengths, jax.random.key(2), config)
+  assert len(out.tokens.sharding.device_set) == 8
+  _assert_same_samples(out, ref)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"top_p": 0.0}, "top_p must be in"), ({"temperature": -1.0}, "temperature must be"),
     ({"num_samples": 0}, "num_samples"), ({"stop_sequences": ((),)}, "must not be empty"),

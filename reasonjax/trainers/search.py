@@ -1,0 +1,119 @@
+"""Inference-time search methods compared on held-out problems, for a range of budgets N.
+
+    python -m reasonjax.main --config=configs/search_arith.py --workdir=runs/search_arith
+
+For every method in `config.search.methods` (names in `search.METHODS`) and every N in
+`config.search.n_values`, the policy searches each of `config.search.num_problems` test problems
+and the chosen solutions are graded by the task. Steps are scored by a reward model
+(`config.reward_model.path`) or by the task's own step checker (the oracle). Each (method, N)
+row holds accuracy, generated tokens per problem (the budget the method spent) and wall time;
+rows are written to workdir/search.json as they finish, so a rerun resumes after the last one,
+and the table to workdir/search.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+import tqdm
+
+from reasonjax import models
+from reasonjax.search import methods as methods_lib, scorers
+from reasonjax.search.policy import StepPolicy
+from reasonjax.trainers import experiment
+
+RESULTS = "search.json"
+TABLE = "search.md"
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming the field: unknown methods or aggregation, bad budgets, a missing
+  reward model folder, MCTS fields out of range."""
+  experiment.check_policy_source(config)
+  search = config.search
+  for name in search.methods:
+    methods_lib.get_method(name)
+  scorers.check_aggregation(search.aggregation)
+  if not search.n_values or any(int(n) != n or n < 1 for n in search.n_values):
+    raise ValueError(f"config.search.n_values={search.n_values!r}: expected positive integers")
+  if search.num_problems < 1:
+    raise ValueError(f"config.search.num_problems={search.num_problems}: expected >= 1")
+  path = config.reward_model.path
+  if path and not os.path.isfile(os.path.join(path, "config.json")):
+    raise ValueError(f"config.reward_model.path={path!r}: no config.json there; expected a "
+                     "reward_model run's export (workdir/hf)")
+  if config.reward_model.granularity not in scorers.GRANULARITIES:
+    raise ValueError(f"config.reward_model.granularity={config.reward_model.granularity!r}; "
+                     f"expected one of {scorers.GRANULARITIES}")
+  if "mcts" in search.methods:
+    from reasonjax.search import language
+    language.check_settings(dict(search.mcts))
+
+
+def table(rows: list[dict], scorer: str) -> str:
+  """Markdown: accuracy (generated tokens per problem) per method and N."""
+  ns = sorted({r["n"] for r in rows})
+  names = list(dict.fromkeys(r["method"] for r in rows))
+  cell = {(r["method"], r["n"]): r for r in rows}
+  lines = [f"Accuracy (generated tokens per problem, seconds); steps scored by: {scorer}", "",
+           "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
+           "|---" * (len(ns) + 1) + "|"]
+  for name in names:
+    cells = [f"{c['accuracy']:.3f} ({c['tokens_per_problem']:.0f}, {c['seconds']:.1f}s)"
+             if (c := cell.get((name, n))) else "" for n in ns]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def run(config, workdir: str) -> dict:
+  """Runs every (method, N); returns {"rows": [...], "scorer": ...} as written to search.json."""
+  check_config(config)
+  task, tokenizer = experiment.task_and_tokenizer(config)
+  path = experiment.policy_path(config, workdir)
+  cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
+  s = config.search
+  policy = StepPolicy(models.Model(cfg), params, tokenizer, task, temperature=s.temperature,
+                      top_p=s.top_p, max_step_tokens=s.max_step_tokens, max_steps=s.max_steps,
+                      max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
+  rm = config.reward_model
+  if rm.path:
+    scorer = scorers.RewardModelScorer.load(rm.path, task, tokenizer,
+                                            granularity=rm.granularity, batch_size=rm.batch_size)
+    scorer_name = f"{rm.granularity} reward model ({rm.path})"
+  else:
+    scorer, scorer_name = scorers.OracleScorer(task), "oracle (the task's check_steps)"
+  problems = task.generate(s.num_problems, seed=config.seed, split="test")
+  search = methods_lib.Search(policy, scorer, problems, jax.random.key(config.seed + 5),
+                              aggregation=s.aggregation, beam_width=s.beam_width,
+                              mcts=dict(s.mcts))
+  out_path = os.path.join(workdir, RESULTS)
+  rows = []
+  if os.path.exists(out_path):
+    with open(out_path) as f:
+      rows = json.load(f)["rows"]
+  done = {(r["method"], r["n"]) for r in rows}
+  todo = [(m, int(n)) for m in s.methods for n in s.n_values if (m, int(n)) not in done]
+  for method, n in tqdm.tqdm(todo, desc="search", disable=not todo):
+    result = methods_lib.get_method(method)(search, n)
+    correct = [task.check_answer(p, t) for p, t in zip(problems, result.texts)]
+    rows.append({"method": method, "n": n, "accuracy": float(np.mean(correct)),
+                 "tokens_per_problem": float(np.mean(result.tokens)),
+                 "seconds": result.seconds, "problems": len(problems)})
+    _write(workdir, rows, scorer_name, config.seed)
+  _write(workdir, rows, scorer_name, config.seed)
+  print(table(rows, scorer_name), flush=True)
+  return {"rows": rows, "scorer": scorer_name}
+
+
+def _write(workdir: str, rows: list[dict], scorer: str, seed: int) -> None:
+  if jax.process_index() != 0:
+    return
+  tmp = os.path.join(workdir, RESULTS + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump({"rows": rows, "scorer": scorer, "seed": seed}, f, indent=2)
+  os.replace(tmp, os.path.join(workdir, RESULTS))
+  with open(os.path.join(workdir, TABLE), "w") as f:
+    f.write(table(rows, scorer) + f"\nseed {seed}\n")
