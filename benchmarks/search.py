@@ -87,14 +87,15 @@ def expansion(args) -> list[dict]:
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, prefix_len), np.int32)
     lengths = np.full((batch,), prefix_len, np.int32)
     base = sampling.SamplingConfig(max_new_tokens=new, num_samples=k, eos_token_id=None)
-    # The call splits into the prefill (the same in both: max_new_tokens=1 runs no decode step)
-    # and new - 1 decode steps. The same rows and steps after 1-token prompts give the step's
+    # The call splits into its prefill (max_new_tokens=1 runs no decode step; the copying one
+    # also repeats the cache) and new - 1 decode steps. The same rows and steps after 1-token prompts give the step's
     # cost without a prefix to attend to (weights, LM head, sampling): a floor for both.
     programs, compile_s = {}, {}
     for name, config, prompt, prompt_lengths in (
         ("shared", base, tokens, lengths),
         ("copied", base.replace(share_prefix=False), tokens, lengths),
         ("prefill", base.replace(max_new_tokens=1), tokens, lengths),
+        ("prefill_copied", base.replace(max_new_tokens=1, share_prefix=False), tokens, lengths),
         ("no_prefix", base.replace(share_prefix=False), tokens[:, :1], np.ones_like(lengths))):
       start = time.perf_counter()
       programs[name] = compile_sample(model, params, prompt, prompt_lengths, config)
@@ -129,9 +130,9 @@ def expansion(args) -> list[dict]:
         "speedup": round(seconds["copied"] / seconds["shared"], 2),
         "prefill_s": round(seconds["prefill"], 3),
         "shared_step_ms": step_ms(seconds["shared"] - seconds["prefill"]),
-        "copied_step_ms": step_ms(seconds["copied"] - seconds["prefill"]),
+        "copied_step_ms": step_ms(seconds["copied"] - seconds["prefill_copied"]),
         "no_prefix_step_ms": step_ms(seconds["no_prefix"]),
-        "decode_speedup": round((seconds["copied"] - seconds["prefill"])
+        "decode_speedup": round((seconds["copied"] - seconds["prefill_copied"])
                                 / (seconds["shared"] - seconds["prefill"]), 2),
         "shared_mb": round(total["shared"] / 2**20, 1),
         "copied_mb": round(total["copied"] / 2**20, 1),
@@ -179,6 +180,7 @@ def host_mcts(policy, scorer, problem, rng, *, simulations: int, k: int, c: floa
   one), PUCT selection with first-play value = the parent's Q, each new child one simulation
   (as `search.mcts`). Returns (simulations, generated tokens)."""
   from reasonjax.search import expand
+  from reasonjax.search.language import step_priors
   nodes = [{"parent": -1, "ids": policy.prompt_ids(problem), "steps": [], "children": [],
             "n": 0, "w": 0.0, "p": 1.0, "terminal": False, "depth": 0}]
   sims = tokens = calls = 0
@@ -208,10 +210,7 @@ def host_mcts(policy, scorer, problem, rng, *, simulations: int, k: int, c: floa
     cands = expand(policy, [node["ids"]], k, jax.random.fold_in(rng, calls))[0]
     calls += 1
     scores = scorer([problem] * k, [node["steps"] + [c_.text] for c_ in cands])
-    mean = np.asarray([c_.logprob / max(len(c_.ids), 1) for c_ in cands])
-    prior = np.exp(mean - mean.max())
-    prior /= prior.sum()
-    for cand, s, p in zip(cands, scores, prior):
+    for cand, s, p in zip(cands, scores, step_priors(cands)):
       tokens += len(cand.ids)
       nodes.append({"parent": i, "ids": np.concatenate([node["ids"], cand.ids]),
                     "steps": node["steps"] + [cand.text], "children": [], "n": 0, "w": 0.0,
@@ -257,7 +256,7 @@ def mcts(args) -> list[dict]:
   for name, (seconds, counts, times) in measured.items():
     total_sims = statistics.median(c[0] for c in counts)
     total_tokens = statistics.median(c[1] for c in counts)
-    row |= {f"{name}_sims_s": round(total_sims / seconds, 1),
+    row |= {f"{name}_simulations": total_sims, f"{name}_sims_s": round(total_sims / seconds, 1),
             f"{name}_tok_s": round(total_tokens / seconds, 1),
             f"{name}_seconds": [round(t, 3) for t in times]}
   row["speedup"] = round(row["batched_sims_s"] / row["host_sims_s"], 2)

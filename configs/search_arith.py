@@ -27,6 +27,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.post_training(config, arg.runlocal)
   # A reward_model run's export (workdir/hf) and the granularity it was trained at; an empty
   # path scores with the task's checker.
+  config.results_page = ""  # e.g. docs/results/search_arith.md: the table, with its command
   config.reward_model = ml_collections.ConfigDict({"path": "", "granularity": "prm",
                                                    "batch_size": 64})
   config.search = ml_collections.ConfigDict({
@@ -42,14 +43,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "max_steps": 6,
       "max_new_tokens": 96,
       "batch_size": 32,  # prompts or prefixes per sampler call
-      # Step-level MCTS (search.language.mcts_decode): each simulation expands a leaf into
-      # num_children candidate steps; simulations_per_round leaves per tree share a sampler call.
+      # Step-level MCTS (search.methods.mcts): n * simulations_per_n simulations per problem;
+      # each expansion gives a leaf num_children candidate steps (each one simulation), and
+      # simulations_per_round leaves per tree share a sampler call.
       "mcts": ml_collections.ConfigDict({
           "num_children": 4, "c": 1.0, "rule": "puct", "simulations_per_round": 4,
-          # How a new node is valued: "reward" (the scorer's step score), "rollout" (one
-          # completion to an answer, graded by the task), or "mixed": (1 - lam) reward + lam
-          # rollout (rStar / AlphaZero).
-          "evaluation": "mixed", "lam": 0.5, "select_by": "visits"}),
+          "simulations_per_n": 4, "select_by": "visits",
+          # How a new node is valued: "reward" (the scorer's step score, as the other methods
+          # use it), or, reading the problems' gold answers (for data, or as an upper bound):
+          # "rollout" (one completion graded by the task) or "mixed", (1 - lam) reward +
+          # lam rollout (rStar / AlphaZero). Rows of those are marked in the table.
+          "evaluation": "reward", "lam": 0.5}),
   })
   if arg.runlocal:
     config.search.update({"num_problems": 16, "n_values": (1, 2, 4), "batch_size": 16,

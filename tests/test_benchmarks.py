@@ -12,6 +12,10 @@ def test_search_benchmark_quick(tmp_path):
   assert row["same_tokens"] and row["shared_tok_s"] > 0 and row["copied_tok_s"] > 0
   row, = results["mcts"]["rows"]
   assert row["batched_sims_s"] > 0 and row["host_sims_s"] > 0 and row["sampler_bound"] > 0
+  # Both searches did the whole budget of every tree (a batched round may go over it).
+  budget = row["trees"] * row["simulations"]
+  assert budget <= row["host_simulations"] <= budget + row["trees"] * (row["k"] - 1)
+  assert budget <= row["batched_simulations"] <= budget + row["trees"] * (row["W"] * row["k"] - 1)
   saved = json.loads(out.read_text())
   assert saved["expansion"]["quick"] and saved["mcts"]["rows"] == results["mcts"]["rows"]
 

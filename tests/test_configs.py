@@ -142,7 +142,9 @@ def test_grpo_arith_runlocal_trains_on_its_own_samples(sft_workdir, tmp_path):
 
 
 def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_path):
-  _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf")
+  page = os.path.join(tmp_path, "page.md")
+  _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf",
+       f"--config.results_page={page}")
   with open(os.path.join(tmp_path, "search.json")) as f:
     results = json.load(f)
   rows = {(r["method"], r["n"]): r for r in results["rows"]}
@@ -158,7 +160,16 @@ def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_pa
   with open(os.path.join(tmp_path, "search.md")) as f:
     table = f.read()
   assert all(f"| {m} |" in table for m in search.methods) and "oracle" in table
+  with open(page) as f:
+    text = f.read()
+  assert "python -m reasonjax.main --config=configs/search_arith.py:runlocal" in text
+  assert table.split("\n\nseed")[0] in text
   # A rerun finds every row done and computes none again.
   _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf")
   with open(os.path.join(tmp_path, "search.json")) as f:
     assert json.load(f)["rows"] == results["rows"]
+  # Rows of other settings are not mixed with these.
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = run_main("--config=configs/search_arith.py:runlocal", f"--config.init_from={sft_workdir}/hf",
+                 "--config.search.temperature=0.5", workdir=tmp_path, env=env)
+  assert out.returncode != 0 and "search.temperature: 1.0 -> 0.5" in out.stderr

@@ -19,7 +19,8 @@ the answer line) or reaches `policy.max_steps`. New nodes are valued by `evaluat
 The rollout and mixed modes read the problems' gold answers: they are for building training
 data (MC-labelled trees) or as an upper bound, not a deployable decoder without a verifier.
 The environment keeps each node's step text and tokens on the host (keyed by tree and node
-id), so paths are rebuilt without reading the device arena back.
+id), so paths are rebuilt without reading the device arena back; `LanguageEnv.keep_subtree`
+re-roots the trees and renumbers those records alike, so a search continues from chosen steps.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from reasonjax.search import mcts as mcts_lib, tree as tree_lib
 from reasonjax.search.policy import StepPolicy, complete, expand
 
 EVALUATIONS = ("reward", "rollout", "mixed")
-# `mcts_decode`'s settings (config.search.mcts) and their defaults.
+# The settings of `methods.mcts` / `methods.grow_trees` (config.search.mcts) and their defaults.
 SETTINGS = {"num_children": 4, "c": 1.0, "rule": "puct", "simulations_per_round": 4,
             "evaluation": "reward", "lam": 0.5, "select_by": "visits", "simulations_per_n": 4}
 
@@ -62,6 +63,14 @@ def check_settings(settings: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def step_priors(candidates) -> np.ndarray:
+  """PUCT's prior of sibling candidate steps: softmax of their mean token log-probabilities.
+  float64 [k]."""
+  mean = np.asarray([c.logprob / max(len(c.ids), 1) for c in candidates], np.float64)
+  p = np.exp(mean - mean.max())
+  return p / p.sum()
+
+
 class LanguageEnv:
   """`mcts.Environment` for B problems: tree b searches problems[b].
 
@@ -80,16 +89,19 @@ class LanguageEnv:
     self.rng, self.k, self.evaluation, self.lam = rng, num_children, evaluation, lam
     self.tokens = np.zeros(len(self.problems), np.int64)
     self.nodes = [{0: (-1, policy.prompt_ids(p), "")} for p in self.problems]
+    # After `keep_subtree`: the steps above each tree's root, and its depth in the solution.
+    self.root_steps: list[list[str]] = [[] for _ in self.problems]
+    self.root_depth = np.zeros(len(self.problems), np.int64)
     self._calls = 0
     self._pending: dict[tuple[int, int, int], tuple] = {}
 
   def steps(self, b: int, node: int) -> list[str]:
-    """The step texts from the root to `node` of tree b."""
+    """The step texts of the solution up to `node` of tree b (those above a kept root too)."""
     out = []
     while node > 0:
       node, _, text = self.nodes[b][node]
       out.append(text)
-    return out[::-1]
+    return self.root_steps[b] + out[::-1]
 
   def prefix(self, b: int, node: int) -> np.ndarray:
     """Token ids of the prompt and the steps to `node` of tree b."""
@@ -98,6 +110,33 @@ class LanguageEnv:
       node, ids, _ = self.nodes[b][node]
       parts.append(ids)
     return np.concatenate(parts[::-1]).astype(np.int32)
+
+  def keep_subtree(self, tree: tree_lib.Tree, nodes) -> tree_lib.Tree:
+    """`tree.keep_subtree(tree, nodes)`, with this environment's records renumbered alike, so
+    that a search continues from the chosen steps. nodes: int [B]; -1 keeps a tree whole. The
+    caller's `MCTSConfig.max_depth` counts from the new root (`root_depth` says how deep it is)."""
+    nodes_B = np.asarray(nodes)
+    used_B, parent_BxN = np.asarray(tree.num_nodes), np.asarray(tree.parent)
+    depth_BxN = np.asarray(tree.depth)
+    for b, node in enumerate(nodes_B.tolist()):
+      if not 1 <= node < used_B[b]:
+        continue
+
+      def below(i, node=node, b=b):
+        while i > node:
+          i = parent_BxN[b, i]
+        return i == node
+      # New ids are the ranks of the kept old ids, as `tree.keep_subtree` numbers them.
+      kept = [i for i in range(node, used_B[b]) if below(i)]
+      new_id = {old: rank for rank, old in enumerate(kept)}
+      records = {0: (-1, self.prefix(b, node), "")}
+      for old in kept[1:]:
+        parent, ids, text = self.nodes[b][old]
+        records[new_id[old]] = (new_id[parent], ids, text)
+      self.root_steps[b] = self.steps(b, node)
+      self.root_depth[b] += depth_BxN[b, node]
+      self.nodes[b] = records
+    return tree_lib.keep_subtree(tree, nodes_B)
 
   def next_rng(self) -> jax.Array:
     self._calls += 1
@@ -130,14 +169,13 @@ class LanguageEnv:
     for (b, j), row in zip(rows, cands):
       node = int(nodes_BxW[b, j])
       steps = self.steps(b, node)
-      mean_logp = np.asarray([c.logprob / max(len(c.ids), 1) for c in row])
-      p = np.exp(mean_logp - mean_logp.max())
-      prior[b, j] = p / p.sum()
+      prior[b, j] = step_priors(row)
       for c, cand in enumerate(row):
         self.tokens[b] += len(cand.ids)
         tokens[b, j, c, :len(cand.ids)] = cand.ids
         lengths[b, j, c] = len(cand.ids)
-        terminal[b, j, c] = cand.final or depth[b, node] + 1 >= self.policy.max_steps
+        steps_after = self.root_depth[b] + depth[b, node] + 1
+        terminal[b, j, c] = cand.final or steps_after >= self.policy.max_steps
         valid[b, j, c] = True
         self._pending[b, j, c] = (node, cand)
         scored.append((b, j, c, steps + [cand.text]))

@@ -12,8 +12,8 @@ returns each problem's chosen solution with the tokens it generated for it:
   weighted_vote  n whole solutions; the answer with the largest sum of solution scores.
   step_greedy    at each step, n candidate next steps of every open problem in one batched
                  sampler call; the scorer's best is kept (the HRM paper's protocol).
-  beam           step-level beam search: `beam_width` beams, each expanded into n / beam_width
-                 candidates per step; the best `beam_width` children by aggregated path score
+  beam           step-level beam search: `beam_width` beams, each expanded into
+                 max(1, n // beam_width) candidates per step; the best `beam_width` children by aggregated path score
                  survive; finished beams leave the beam.
   mcts           step-level MCTS (`search.mcts`, `search.language.LanguageEnv`): n times
                  `simulations_per_n` simulations per problem.
@@ -65,7 +65,8 @@ class SolutionPool:
     self.texts: list[list[str]] = [[] for _ in self.problems]
     self.tokens = np.zeros((len(self.problems), 0), np.int32)
     self.block_seconds: list[tuple[int, float]] = []  # (block size, sampling seconds)
-    self._scores: dict[int, list[list[np.ndarray]]] = {}
+    # id(scorer) -> (scores [P][n], scoring seconds per solution column [n]).
+    self._scores: dict[int, tuple[list[list[np.ndarray]], list[float]]] = {}
 
   def take(self, n: int) -> tuple[list[list[str]], np.ndarray, float]:
     """The first n solutions of every problem: (texts [P][n], tokens [P, n], seconds), the
@@ -86,25 +87,27 @@ class SolutionPool:
 
   def scores(self, scorer: Scorer, n: int) -> tuple[list[list[np.ndarray]], float]:
     """Step scores of the first n solutions of every problem ([P][n] arrays) and the seconds
-    spent scoring them (cached per scorer: only new solutions are scored)."""
-    cached = self._scores.setdefault(id(scorer), [[] for _ in self.problems])
+    that scoring them takes (cached per scorer: only new solutions are scored, and each
+    solution's share of its scoring call is counted for every n that includes it)."""
+    cached, seconds = self._scores.setdefault(id(scorer), ([[] for _ in self.problems], []))
     texts, _, _ = self.take(n)
-    have = len(cached[0])
-    start = time.perf_counter()
+    have = len(seconds)
     if have < n:
+      start = time.perf_counter()
       task = self.policy.task
       todo = [(i, solution_steps(task, t)) for i, row in enumerate(texts) for t in row[have:n]]
       new = scorer([self.problems[i] for i, _ in todo], [s for _, s in todo])
       for (i, _), s in zip(todo, new):
         cached[i].append(s)
-    return [c[:n] for c in cached], time.perf_counter() - start
+      seconds += [(time.perf_counter() - start) / (n - have)] * (n - have)
+    return [c[:n] for c in cached], sum(seconds[:n])
 
 
 @dataclasses.dataclass
 class Search:
   """What every method needs. `scorer` may be None for majority_vote only; `pool` is made on
   first use and shared by the whole-solution methods; `mcts` holds `search.language`'s MCTS
-  settings (a dict of `mcts_decode` keywords)."""
+  settings (`language.SETTINGS` fields)."""
 
   policy: StepPolicy
   scorer: Scorer | None

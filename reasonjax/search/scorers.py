@@ -6,7 +6,8 @@
     value = aggregate(scores[i], "min")      # a solution's score
 
 A scorer maps each (problem, steps) pair to one probability per step, in [0, 1]; an answer line
-(`#### x`) is scored as a step too. An outcome reward model (granularity 'orm') scores the whole
+(`#### x`) gets one too (the oracle grades the answer; a PRM, never trained on answer lines,
+repeats the score of the step before it). An outcome reward model (granularity 'orm') scores the whole
 solution once: its array has a single entry, which every aggregation returns.
 """
 
@@ -109,14 +110,30 @@ class RewardModelScorer:
 
   def __call__(self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]]
                ) -> list[np.ndarray]:
+    if not solutions:
+      return []
     examples = []
     for problem, steps in zip(problems, solutions, strict=True):
-      units = ["\n".join(steps)] if self.granularity == "orm" else list(steps)
+      # What the reward model was trained on: the whole text (orm), or the reasoning steps
+      # without the answer line (prm, hrm: `trainers.reward_model.units`).
+      units = (["\n".join(steps)] if self.granularity == "orm"
+               else [s for s in steps if not is_answer(s)])
       examples.append(batching.prm_example(self.tokenizer, self.task.prompt(problem), units,
                                            [0.0] * len(units)))
-    if not examples:
-      return []
     # Lengths padded to a power of two: one compiled program per bucket.
     width = bucket_length(max(len(e["inputs"]) for e in examples))
     logits = self._score(self.params, [batching.pad_example(e, width) for e in examples])
-    return [1.0 / (1.0 + np.exp(-np.asarray(s, np.float64))) for s in logits]
+    probs = [1.0 / (1.0 + np.exp(-np.asarray(s, np.float64))) for s in logits]
+    if self.granularity == "orm":
+      return probs
+    out = []
+    for steps, p in zip(solutions, probs):
+      # An answer line, never trained on, takes the score of the step before it (0.5 if none).
+      scores, reasoning = [], iter(p)
+      for step in steps:
+        if is_answer(step):
+          scores.append(scores[-1] if scores else 0.5)
+        else:
+          scores.append(next(reasoning))
+      out.append(np.asarray(scores))
+    return out

@@ -29,6 +29,7 @@ import numbers
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -140,6 +141,11 @@ def init(batch_size: int, *, capacity: int, max_children: int, arena_size: int,
     raise ValueError(f"arena_size={arena_size} is smaller than the root tokens' width {width}")
   if root_lengths is None:
     root_lengths = jnp.full((batch_size,), width, jnp.int32)
+  elif not isinstance(root_lengths, jax.core.Tracer):
+    lengths = np.asarray(root_lengths)
+    if lengths.shape != (batch_size,) or lengths.min() < 0 or lengths.max() > width:
+      raise ValueError(f"root_lengths must be [batch_size={batch_size}] values in [0, {width}] "
+                       f"(the root tokens' width); got {lengths.tolist()}")
   return _init(root_tokens, root_lengths, capacity=capacity, max_children=max_children,
                arena_size=arena_size)
 
@@ -481,7 +487,8 @@ def keep_subtree(tree: Tree, nodes: Array) -> Tree:
 
   Trees built by `init` / `add_children` always fit (the path and the subtree are disjoint
   pieces of the old arena); a tree that would not (spans shared by hand) is left unchanged with
-  `overflow` set. Every other tree's `overflow` is cleared: its capacity was freed.
+  `overflow` set. A tree re-rooted below its root has `overflow` cleared (capacity was freed);
+  one kept whole (node 0, -1 or unused) keeps its flag.
 
   Args:
     tree: the trees.
@@ -495,6 +502,8 @@ def keep_subtree(tree: Tree, nodes: Array) -> Tree:
 
 def _keep_subtree_one(t: Tree, node: Array) -> Tree:
   n, a = t.parent.shape[0], t.tokens.shape[0]
+  # Only re-rooting below the root frees capacity: otherwise an overflow still stands.
+  frees = (node >= 1) & (node < t.num_nodes)
   node = jnp.where((node >= 0) & (node < t.num_nodes), node, 0)
   # kept: node is on the path of i. Walk every slot up one level at a time.
   def body(carry):
@@ -536,7 +545,7 @@ def _keep_subtree_one(t: Tree, node: Array) -> Tree:
       tokens=tokens_A,
       num_nodes=num_kept.astype(jnp.int32),
       num_tokens=needed.astype(jnp.int32),
-      overflow=jnp.bool_(False))
+      overflow=jnp.where(frees, False, t.overflow))
   fits = needed <= a
   old = t.replace(overflow=jnp.bool_(True))
   return jax.tree.map(lambda x, y: jnp.where(fits, x, y), new, old)

@@ -8,19 +8,22 @@ and the chosen solutions are graded by the task. Steps are scored by a reward mo
 (`config.reward_model.path`) or by the task's own step checker (the oracle). Each (method, N)
 row holds accuracy, generated tokens per problem (the budget the method spent) and wall time;
 rows are written to workdir/search.json as they finish, so a rerun resumes after the last one,
-and the table to workdir/search.md.
+and the table to workdir/search.md (and to `config.results_page` when set, e.g.
+docs/results/search_arith.md, headed by the command that wrote it).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 
 import jax
 import numpy as np
 import tqdm
 
-from reasonjax import models
+from reasonjax import checkpoint, models
 from reasonjax.search import methods as methods_lib, scorers
 from reasonjax.search.policy import StepPolicy
 from reasonjax.trainers import experiment
@@ -56,8 +59,8 @@ def check_config(config) -> None:
 def table(rows: list[dict], scorer: str) -> str:
   """Markdown: accuracy (generated tokens per problem) per method and N."""
   ns = sorted({r["n"] for r in rows})
-  names = list(dict.fromkeys(r["method"] for r in rows))
-  cell = {(r["method"], r["n"]): r for r in rows}
+  names = list(dict.fromkeys(r.get("label", r["method"]) for r in rows))
+  cell = {(r.get("label", r["method"]), r["n"]): r for r in rows}
   lines = [f"Accuracy (generated tokens per problem, seconds); steps scored by: {scorer}", "",
            "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
            "|---" * (len(ns) + 1) + "|"]
@@ -90,30 +93,67 @@ def run(config, workdir: str) -> dict:
                               aggregation=s.aggregation, beam_width=s.beam_width,
                               mcts=dict(s.mcts))
   out_path = os.path.join(workdir, RESULTS)
-  rows = []
+  rows, settings = [], _settings(config, path)
   if os.path.exists(out_path):
     with open(out_path) as f:
-      rows = json.load(f)["rows"]
+      saved = json.load(f)
+    changes = checkpoint.config_changes(saved.get("settings", {}), settings)
+    if changes:
+      raise ValueError(f"{out_path} holds rows of other settings ({'; '.join(changes)}); use a "
+                       "new --workdir, or delete that file to start again")
+    rows = saved["rows"]
   done = {(r["method"], r["n"]) for r in rows}
   todo = [(m, int(n)) for m in s.methods for n in s.n_values if (m, int(n)) not in done]
   for method, n in tqdm.tqdm(todo, desc="search", disable=not todo):
     result = methods_lib.get_method(method)(search, n)
     correct = [task.check_answer(p, t) for p, t in zip(problems, result.texts)]
-    rows.append({"method": method, "n": n, "accuracy": float(np.mean(correct)),
+    rows.append({"method": method, "n": n, "label": _label(method, s),
+                 "accuracy": float(np.mean(correct)),
                  "tokens_per_problem": float(np.mean(result.tokens)),
                  "seconds": result.seconds, "problems": len(problems)})
-    _write(workdir, rows, scorer_name, config.seed)
-  _write(workdir, rows, scorer_name, config.seed)
+    _write(workdir, rows, scorer_name, settings)
+  _write(workdir, rows, scorer_name, settings)
   print(table(rows, scorer_name), flush=True)
+  if config.results_page and jax.process_index() == 0:
+    _results_page(config.results_page, rows, scorer_name, config.seed)
   return {"rows": rows, "scorer": scorer_name}
 
 
-def _write(workdir: str, rows: list[dict], scorer: str, seed: int) -> None:
+def _settings(config, policy: str) -> dict:
+  """What a row's numbers depend on besides its (method, N): a rerun with other settings must
+  not mix its rows with these. Lists of methods and N may grow."""
+  search = {k: v for k, v in config.search.to_dict().items() if k not in ("methods", "n_values")}
+  return json.loads(json.dumps({"policy": policy, "reward_model": config.reward_model.to_dict(),
+                                "task": config.task.to_dict(), "seed": config.seed,
+                                "search": search}))
+
+
+def _label(method: str, search) -> str:
+  """The table's name of a method: MCTS valued by rollouts reads the gold answers, and says so."""
+  if method == "mcts" and search.mcts.evaluation != "reward":
+    return f"mcts ({search.mcts.evaluation}; reads gold answers)"
+  return method
+
+
+def _write(workdir: str, rows: list[dict], scorer: str, settings: dict) -> None:
   if jax.process_index() != 0:
     return
   tmp = os.path.join(workdir, RESULTS + ".tmp")
   with open(tmp, "w") as f:
-    json.dump({"rows": rows, "scorer": scorer, "seed": seed}, f, indent=2)
+    json.dump({"rows": rows, "scorer": scorer, "settings": settings}, f, indent=2)
   os.replace(tmp, os.path.join(workdir, RESULTS))
   with open(os.path.join(workdir, TABLE), "w") as f:
-    f.write(table(rows, scorer) + f"\nseed {seed}\n")
+    f.write(table(rows, scorer) + f"\nseed {settings['seed']}\n")
+
+
+def _results_page(path: str, rows: list[dict], scorer: str, seed: int) -> None:
+  """The table as a results page, headed by the command that wrote it."""
+  command = " ".join(["python -m reasonjax.main"] + [shlex.quote(a) for a in sys.argv[1:]])
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(f"# Search methods on held-out problems\n\nWritten by\n\n    {command}\n\n"
+            f"{table(rows, scorer)}\nSeed {seed}, one run: between seeds an accuracy differs by "
+            "about sqrt(a (1 - a) / problems). N is each method's own budget unit (solutions, "
+            "candidates per step, simulations / simulations_per_n), not an equal token budget: "
+            "compare the generated tokens beside each accuracy. Wall seconds include the "
+            "compilation of shapes a row meets first.\n")

@@ -285,6 +285,22 @@ def test_overflow_node_capacity():
   assert np.asarray(tree.tokens[0, :5]).tolist() == [7, 8, 1, 2, 0]
 
 
+def test_keeping_a_full_tree_whole_keeps_its_overflow():
+  tree = single(capacity=3, max_children=4, arena_size=20)
+  tree, _ = tree_lib.add_children(tree, jnp.asarray([[0]]), *steps([1], [2], [3]))
+  for node in (-1, 0, 7):  # Nothing freed: the flag stands.
+    assert bool(tree_lib.keep_subtree(tree, jnp.asarray([node])).overflow[0])
+  assert not bool(tree_lib.keep_subtree(tree, jnp.asarray([1])).overflow[0])
+
+
+def test_init_rejects_root_lengths_outside_the_prompt():
+  prompts = jnp.ones((2, 4), jnp.int32)
+  for lengths in ([1, 5], [-1, 2], [1, 2, 3]):
+    with pytest.raises(ValueError, match="root_lengths must be"):
+      tree_lib.init(2, capacity=4, max_children=2, arena_size=8, root_tokens=prompts,
+                    root_lengths=jnp.asarray(lengths))
+
+
 def test_overflow_child_slots_do_not_block_other_nodes():
   tree = single(capacity=8, max_children=2, arena_size=20)
   tree, _ = tree_lib.add_children(tree, jnp.asarray([[0]]), *steps([1], [2]))
