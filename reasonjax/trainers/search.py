@@ -74,6 +74,11 @@ def table(rows: list[dict], scorer: str) -> str:
 def run(config, workdir: str) -> dict:
   """Runs every (method, N); returns {"rows": [...], "scorer": ...} as written to search.json."""
   check_config(config)
+  if jax.process_count() > 1:
+    # Each process would grow the same trees; splitting problems over processes is the
+    # scale-out issue's work.
+    raise NotImplementedError("trainer search runs in one process (any number of local "
+                              f"devices); this job has {jax.process_count()} processes")
   task, tokenizer = experiment.task_and_tokenizer(config)
   path = experiment.policy_path(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))

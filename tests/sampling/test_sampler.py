@@ -173,23 +173,6 @@ def test_continuations_end_at_step_delimiter(tiny):
     assert int(out.lengths[row]) == end
 
 
-def test_sharded_sampling_equals_single_device(tiny):
-  model, params = tiny
-  cfg = model.cfg
-  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
-  shardings = sharding.logical_to_shardings(models.param_logical_axes(cfg),
-                                            models.param_shapes(cfg), mesh, AXIS_RULES)
-  sharded = jax.device_put(params, shardings)
-  tokens, lengths = prompts(cfg.vocab_size, [3, 9, 5, 7])
-  config = Config(max_new_tokens=16, temperature=0.8, num_samples=2)
-  ref = sampling.sample(model, params, tokens, lengths, jax.random.key(2), config)
-  with sharding.axis_rules(mesh, AXIS_RULES):
-    out = sampling.sample(model, sharded, tokens, lengths, jax.random.key(2), config)
-  assert len(out.tokens.sharding.device_set) == 8
-  np.testing.assert_array_equal(np.asarray(out.tokens), np.asarray(ref.tokens))
-  np.testing.assert_allclose(np.asarray(out.logprobs), np.asarray(ref.logprobs), atol=1e-4)
-
-
 def _assert_same_samples(shared, copied, logprob_tol=1e-5):
   np.testing.assert_array_equal(np.asarray(shared.tokens), np.asarray(copied.tokens))
   np.testing.assert_array_equal(np.asarray(shared.lengths), np.asarray(copied.lengths))
@@ -239,8 +222,9 @@ def test_shared_prefix_cache_holds_one_prompt_copy(tiny):
   assert temp_bytes(config.replace(share_prefix=False)) > 3 * temp_bytes(config)
 
 
-def test_sharded_shared_prefix_equals_single_device_copied(tiny):
-  """The shared-prefix sampler sharded on a (2, 2, 2) mesh equals the copying one on 1 device."""
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_sharded_sampling_equals_single_device_copied(tiny, share_prefix):
+  """Either sampler sharded on a (2, 2, 2) mesh equals the copying one on 1 device."""
   model, params = tiny
   cfg = model.cfg
   mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
@@ -252,7 +236,8 @@ def test_sharded_shared_prefix_equals_single_device_copied(tiny):
   ref = sampling.sample(model, params, tokens, lengths, jax.random.key(2),
                         config.replace(share_prefix=False))
   with sharding.axis_rules(mesh, AXIS_RULES):
-    out = sampling.sample(model, sharded, tokens, lengths, jax.random.key(2), config)
+    out = sampling.sample(model, sharded, tokens, lengths, jax.random.key(2),
+                          config.replace(share_prefix=share_prefix))
   assert len(out.tokens.sharding.device_set) == 8
   _assert_same_samples(out, ref)
 
