@@ -88,8 +88,9 @@ def expansion(args) -> list[dict]:
     lengths = np.full((batch,), prefix_len, np.int32)
     base = sampling.SamplingConfig(max_new_tokens=new, num_samples=k, eos_token_id=None)
     # The call splits into its prefill (max_new_tokens=1 runs no decode step; the copying one
-    # also repeats the cache) and new - 1 decode steps. The same rows and steps after 1-token prompts give the step's
-    # cost without a prefix to attend to (weights, LM head, sampling): a floor for both.
+    # also repeats the cache) and new - 1 decode steps. The same rows and steps after 1-token
+    # prompts give the step's cost without a prefix to attend to (weights, LM head, sampling):
+    # a floor for both.
     programs, compile_s = {}, {}
     for name, config, prompt, prompt_lengths in (
         ("shared", base, tokens, lengths),

@@ -162,7 +162,7 @@ def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_pa
   assert all(f"| {m} |" in table for m in search.methods) and "oracle" in table
   with open(page) as f:
     text = f.read()
-  assert "python -m reasonjax.main --config=configs/search_arith.py:runlocal" in text
+  assert "python -m reasonjax.main " in text and "--config=configs/search_arith.py:runlocal" in text
   assert table.split("\n\nseed")[0] in text
   # A rerun finds every row done and computes none again.
   _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf")
@@ -170,6 +170,7 @@ def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_pa
     assert json.load(f)["rows"] == results["rows"]
   # Rows of other settings are not mixed with these.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = run_main("--config=configs/search_arith.py:runlocal", f"--config.init_from={sft_workdir}/hf",
-                 "--config.search.temperature=0.5", workdir=tmp_path, env=env)
+  out = run_main("--config=configs/search_arith.py:runlocal",
+                 f"--config.init_from={sft_workdir}/hf", "--config.search.temperature=0.5",
+                 workdir=tmp_path, env=env)
   assert out.returncode != 0 and "search.temperature: 1.0 -> 0.5" in out.stderr

@@ -13,8 +13,8 @@ returns each problem's chosen solution with the tokens it generated for it:
   step_greedy    at each step, n candidate next steps of every open problem in one batched
                  sampler call; the scorer's best is kept (the HRM paper's protocol).
   beam           step-level beam search: `beam_width` beams, each expanded into
-                 max(1, n // beam_width) candidates per step; the best `beam_width` children by aggregated path score
-                 survive; finished beams leave the beam.
+                 max(1, n // beam_width) candidates per step; the best `beam_width` children
+                 by aggregated path score survive; finished beams leave the beam.
   mcts           step-level MCTS (`search.mcts`, `search.language.LanguageEnv`): n times
                  `simulations_per_n` simulations per problem.
 
@@ -37,8 +37,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from reasonjax.data.tasks import Problem, parse_answer
-from reasonjax.search import language, mcts as mcts_lib, scorers as scorers_lib, tree as tree_lib
 from reasonjax.sampling import encode_prompts
+from reasonjax.search import language, mcts as mcts_lib, scorers as scorers_lib, tree as tree_lib
 from reasonjax.search.policy import (StepPolicy, complete, expand, sample_solutions,
                                      solution_steps)
 
@@ -245,7 +245,8 @@ def beam(search: Search, n: int) -> Result:
     for (i, _), kids in zip(live, grown):
       children[i] += kids
     for i in range(len(beams)):
-      best = sorted(children.get(i, []), key=value, reverse=True)[:width]  # Stable: ties keep order.
+      # Sorting is stable: ties keep the order of the beams and candidates.
+      best = sorted(children.get(i, []), key=value, reverse=True)[:width]
       finished[i] += [p for p in best if p.final]
       beams[i] = [p for p in best if not p.final]
   chosen = [max(done or rest or [_Path(np.zeros(0), [], [])], key=value)

@@ -7,8 +7,8 @@
 
 A scorer maps each (problem, steps) pair to one probability per step, in [0, 1]; an answer line
 (`#### x`) gets one too (the oracle grades the answer; a PRM, never trained on answer lines,
-repeats the score of the step before it). An outcome reward model (granularity 'orm') scores the whole
-solution once: its array has a single entry, which every aggregation returns.
+repeats the score of the step before it). An outcome reward model (granularity 'orm') scores
+the whole solution once: its array has a single entry, which every aggregation returns.
 """
 
 from __future__ import annotations

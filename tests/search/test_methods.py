@@ -1,4 +1,4 @@
-"""Search methods: with a scripted policy whose step success is known, and with a real SFT policy."""
+"""Search methods: with a scripted policy whose step success is known, and a real SFT policy."""
 
 import collections
 import zlib

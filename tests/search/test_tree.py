@@ -83,6 +83,7 @@ class RefTree:
     return [t for i in self.path_ids(node) for t in self.nodes[i].tokens]
 
   def keep_subtree(self, node):
+    frees = 1 <= node < len(self.nodes)  # Re-rooting below the root frees capacity.
     if not 0 <= node < len(self.nodes):
       node = 0
     kept = [i for i in range(len(self.nodes)) if node in self.path_ids(i)]
@@ -96,7 +97,7 @@ class RefTree:
       y.children = [new_id[c] for c in x.children]
       y.visits, y.value_sum = x.visits, x.value_sum
       new_nodes.append(y)
-    self.nodes, self.overflow = new_nodes, False
+    self.nodes, self.overflow = new_nodes, self.overflow and not frees
 
   def leaves(self):
     return [i for i, x in enumerate(self.nodes) if not x.children]
