@@ -11,13 +11,13 @@ whole list compiles once; the last chunk is padded with copies of its first prom
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import numpy as np
 import tqdm
 
-from reasonjax.sampling.sampler import EOS, SamplingConfig, sample
+from reasonjax.sampling.sampler import EOS, SamplingConfig, SamplingOutput, sample
 
 
 def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -30,6 +30,25 @@ def encode_prompts(tokenizer, prompts: Sequence[str]) -> tuple[np.ndarray, np.nd
   for row, x in zip(tokens, ids):
     row[:len(x)] = x
   return tokens, lengths
+
+
+def sample_chunks(model, params, tokens: np.ndarray, lengths: np.ndarray, rng: jax.Array,
+                  config: SamplingConfig, *, batch_size: int, progress: str | None = None,
+                  shrink: bool = False) -> Iterator[tuple[int, SamplingOutput]]:
+  """The sampler over many prompts, `batch_size` per call: yields (prompts in the call, the
+  call's host `SamplingOutput`), in order. A call short of prompts is padded with copies of its
+  first, to batch_size rows (one shape for every call) or, with `shrink`, to the next power of
+  two (a few shapes, and a small call does not pay for a full batch). Call i uses
+  fold_in(rng, i). tokens: int32 [N, P] right-padded; lengths: int32 [N]."""
+  starts = range(0, len(tokens), batch_size)
+  for i, start in enumerate(tqdm.tqdm(starts, desc=progress, disable=progress is None,
+                                      leave=False)):
+    real = min(batch_size, len(tokens) - start)
+    size = min(batch_size, 1 << (real - 1).bit_length()) if shrink else batch_size
+    rows = np.arange(start, start + size)
+    rows = np.where(rows < start + real, rows, start)
+    yield real, jax.device_get(sample(model, params, tokens[rows], lengths[rows],
+                                      jax.random.fold_in(rng, i), config))
 
 
 def generate_texts(model, params, tokenizer, prompts: Sequence[str], rng: jax.Array,
@@ -58,18 +77,11 @@ def generate_texts(model, params, tokenizer, prompts: Sequence[str], rng: jax.Ar
   n = config.num_samples
   out: list[list[str]] = []
   counts = []
-  starts = range(0, len(prompts), batch_size)
-  for i, start in enumerate(tqdm.tqdm(starts, desc=progress, disable=progress is None,
-                                      leave=False)):
-    chunk = slice(start, start + batch_size)
-    rows = np.arange(start, start + batch_size)
-    rows = np.where(rows < len(prompts), rows, start)  # Fixed shape: pad with the first prompt.
-    result = sample(model, params, tokens[rows], lengths[rows], jax.random.fold_in(rng, i),
-                    config)
-    result = jax.device_get(result)
+  for real, result in sample_chunks(model, params, tokens, lengths, rng, config,
+                                    batch_size=batch_size, progress=progress):
     texts = decode_rows(tokenizer, result)
-    out += [texts[b * n:(b + 1) * n] for b in range(len(prompts[chunk]))]
-    counts.append(np.asarray(result.lengths)[:len(prompts[chunk]) * n])
+    out += [texts[b * n:(b + 1) * n] for b in range(real)]
+    counts.append(np.asarray(result.lengths)[:real * n])
   if return_lengths:
     return out, np.concatenate(counts).reshape(len(prompts), n).astype(np.int32)
   return out

@@ -21,7 +21,8 @@ import numpy as np
 
 from reasonjax.data.tasks import ANSWER_PREFIX, Problem, Task
 from reasonjax.sampling import sampler as sampler_lib
-from reasonjax.sampling.texts import decode_rows, encode_prompts, generate_texts
+from reasonjax.sampling.texts import (decode_rows, encode_prompts, generate_texts,
+                                      sample_chunks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,22 +107,15 @@ def _sample_prefixes(policy: StepPolicy, prefixes: Sequence[np.ndarray], k: int,
   prefixes (padded with copies of the first to a power of two). Returns [len(prefixes)][k] tuples
   (ids, text, logprob, ended by EOS); text decoded without the EOS."""
   tok = policy.tokenizer
-  width = max(len(p) for p in prefixes)
-  config = config.replace(num_samples=k)
+  tokens = np.full((len(prefixes), max(len(p) for p in prefixes)), tok.pad_id, np.int32)
+  for row, ids in zip(tokens, prefixes):
+    row[:len(ids)] = ids
+  lengths = np.asarray([len(ids) for ids in prefixes], np.int32)
   out = []
-  for call, start in enumerate(range(0, len(prefixes), policy.batch_size)):
-    chunk = list(prefixes[start:start + policy.batch_size])
-    real = len(chunk)
-    # Padded to a power of two (at most batch_size): few shapes to compile, and a search round
-    # with few open prefixes does not pay for a full batch.
-    rows = min(policy.batch_size, 1 << (real - 1).bit_length())
-    chunk += [chunk[0]] * (rows - real)
-    tokens = np.full((len(chunk), width), tok.pad_id, np.int32)
-    for row, ids in zip(tokens, chunk):
-      row[:len(ids)] = ids
-    lengths = np.asarray([len(ids) for ids in chunk], np.int32)
-    result = jax.device_get(sampler_lib.sample(policy.model, policy.params, tokens, lengths,
-                                               jax.random.fold_in(rng, call), config))
+  # Calls shrink to a power of two: a search round with few open prefixes pays for few rows.
+  for real, result in sample_chunks(policy.model, policy.params, tokens, lengths, rng,
+                                    config.replace(num_samples=k),
+                                    batch_size=policy.batch_size, shrink=True):
     texts = decode_rows(tok, result)
     for b in range(real):
       row = []

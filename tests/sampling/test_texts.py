@@ -128,3 +128,20 @@ def test_same_rng_same_samples_other_rng_other_samples(tiny, tok):
 def test_empty_prompt_list(tiny, tok):
   model, params = tiny
   assert sampling.generate_texts(model, params, tok, [], jax.random.key(0), GREEDY) == []
+
+
+@pytest.mark.parametrize("shrink, sizes", [(False, [4, 4]), (True, [4, 1])])
+def test_sample_chunks_pads_the_last_call_with_its_first_prompt(tiny, tok, shrink, sizes):
+  model, params = tiny
+  tokens, lengths = sampling.encode_prompts(tok, PROMPTS[:5])
+  chunks = list(sampling.sample_chunks(model, params, tokens, lengths, jax.random.key(0),
+                                       GREEDY, batch_size=4, shrink=shrink))
+  assert [real for real, _ in chunks] == [4, 1]
+  assert [len(out.tokens) for _, out in chunks] == sizes
+  # Greedy: each real row equals its prompt sampled alone; padding rows repeat the first.
+  for start, (real, out) in zip((0, 4), chunks):
+    for row in range(len(out.tokens)):
+      i = start + (row if row < real else 0)
+      alone = sampling.sample(model, params, tokens[i:i + 1], lengths[i:i + 1],
+                              jax.random.key(0), GREEDY)
+      np.testing.assert_array_equal(out.tokens[row], np.asarray(alone.tokens[0]))
