@@ -12,9 +12,9 @@ and one AdamW step of the GRPO loss (clip 0.2, k3 KL to the frozen starting poli
 weights of the "tiny" preset (Qwen2 family, 3.2M parameters), written once as a Hugging Face
 checkpoint, in float32.
 
-- reasonjax: `sampling.sample` on the parameters the step trains, `trainers.grpo.rollout_batch`
+- reasonjax: `sampling.sample` on the parameters the step trains, `programs.grpo.rollout_batch`
   and `grpo_loss` (each prompt run once for its 4 samples, `share_prompt`) in the jitted,
-  donated `trainers.step` (`python benchmarks/grpo.py --worker`).
+  donated `training.step` (`python benchmarks/grpo.py --worker`).
 - trl: `trl.GRPOTrainer` (transformers generate, no vLLM), benchmarks/peers/trl_grpo.py.
 - tunix: `tunix.GRPOLearner` on an RLCluster of Tunix's own Qwen2, benchmarks/peers/tunix_grpo.py.
 
@@ -74,10 +74,10 @@ def reasonjax_worker(args: argparse.Namespace) -> None:
   from reasonjax import models, sharding
   from reasonjax.losses import policy
   from reasonjax.sampling import sampler as sampler_lib
-  from reasonjax.trainers import grpo
-  from reasonjax.trainers import optim
-  from reasonjax.trainers import state as state_lib
-  from reasonjax.trainers import step as step_lib
+  from reasonjax.programs import grpo
+  from reasonjax.training import optim
+  from reasonjax.training import state as state_lib
+  from reasonjax.training import step as step_lib
 
   cfg, params = models.load_hf(args.model_dir)
   model = models.Model(cfg)

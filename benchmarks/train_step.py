@@ -75,9 +75,9 @@ def reasonjax_step(cfg: models.ModelConfig, batch_np: dict):
 
   from configs import common
   from reasonjax import sharding
-  from reasonjax.trainers import optim
-  from reasonjax.trainers import state as state_lib
-  from reasonjax.trainers import step as step_lib
+  from reasonjax.training import optim
+  from reasonjax.training import state as state_lib
+  from reasonjax.training import step as step_lib
 
   mesh = sharding.make_mesh(data=-1, fsdp=1, tensor=1)
   rules = common.AXIS_RULES

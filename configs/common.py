@@ -67,7 +67,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def loop(config: ml_collections.ConfigDict, *, steps: int, batch_size: int, seq_len: int,
          learning_rate: float, warmup_steps: int, log_every: int = 10, eval_every: int = 0,
          checkpoint_every: int = 200) -> None:
-  """Sets the fields the training loop reads (reasonjax/trainers/loop.py) on `config`.
+  """Sets the fields the training loop reads (reasonjax/training/loop.py) on `config`.
 
   The arguments are always set. The other fields get their defaults only where `config` has
   none yet, so a config may set them before calling this, and a variant (runlocal) may call it
@@ -113,18 +113,10 @@ def rollouts(num_samples: int = 8, temperature: float = 1.0, max_new_tokens: int
       "max_new_tokens": max_new_tokens, "batch_size": batch_size})
 
 
-def post_training(config: ml_collections.ConfigDict, runlocal: bool) -> None:
-  """Fields of a method that starts from a policy: the nested SFT run of configs/sft_arith.py that
-  makes one (used when `init_from`, a Hugging Face folder, is empty), its task and tokenizer,
-  runtime model fields."""
-  from configs import sft_arith  # Not at the top: sft_arith imports this module.
-
-  sft = sft_arith.get_config("runlocal" if runlocal else None)
-  if runlocal:
-    # The method evaluates its starting policy itself (eval_at_start): the nested run's midway
-    # and pass@k evaluations would only add their sampling and compilation to a CPU minute.
-    sft.eval_every = 0
-    sft.eval.num_samples = 0
+def post_training(config: ml_collections.ConfigDict, sft: ml_collections.ConfigDict) -> None:
+  """Fields of a method that starts from a policy: `sft`, the nested SFT run that makes one (used
+  when `init_from`, a Hugging Face folder, is empty; e.g. `configs.sft_arith.nested`), its task
+  and tokenizer, runtime model fields."""
   config.sft = sft
   config.init_from = ""
   config.seed = 0
@@ -132,30 +124,3 @@ def post_training(config: ml_collections.ConfigDict, runlocal: bool) -> None:
   config.task = ml_collections.ConfigDict(sft.task.to_dict())
   config.model = ml_collections.ConfigDict({"dtype": "float32", "param_dtype": "float32",
                                             "remat": "none"})
-
-
-def reward_model(arg: str | None, *, granularity: str) -> ml_collections.ConfigDict:
-  """The ORM / PRM / HRM configs on arithmetic chains (trainer reward_model), `granularity`
-  their default. The files that use it rename the key `loss` to `granularity` (`RENAMED`)."""
-  arg = parse_arg(arg, runlocal=False)
-  config = ml_collections.ConfigDict()
-  config.trainer = "reward_model"
-  config.name = granularity
-  post_training(config, arg.runlocal)
-  config.task.num_train = 1000  # Problems whose sampled solutions are labelled.
-  config.rollouts = rollouts(num_samples=4)
-  config.granularity = granularity  # orm, prm or hrm (trainers.reward_model.GRANULARITIES)
-  config.label_kind = "bce"  # bce or mse (losses.reward.LABEL_KINDS)
-  config.pack = True
-  loop(config, steps=300, batch_size=32, seq_len=256, learning_rate=1e-4, warmup_steps=20,
-       eval_every=100, checkpoint_every=100)
-  config.eval_at_start = True  # The untrained head's numbers, for comparison.
-  config.eval = evaluation(num_problems=100)
-  if arg.runlocal:
-    config.task.num_train = 64
-    config.rollouts = rollouts(num_samples=4, max_new_tokens=48)
-    loop(config, steps=20, batch_size=8, seq_len=128, learning_rate=1e-3, warmup_steps=2,
-         log_every=2, checkpoint_every=10)
-    config.eval = evaluation(num_problems=16, max_new_tokens=48)
-    config.eval_at_start = True
-  return config

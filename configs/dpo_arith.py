@@ -13,7 +13,7 @@ Args: `runlocal` (a small model, few pairs and steps: a CPU minute, for tests).
 
 import ml_collections
 
-from configs import common
+from configs import common, sft_arith
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "dpo"
   config.name = "dpo"
-  common.post_training(config, arg.runlocal)
+  common.post_training(config, sft_arith.nested(arg.runlocal))
   config.task.num_train = 2000  # Problems to sample pairs on.
   config.pairs = common.rollouts(num_samples=8)
   config.pairs.max_per_problem = 2

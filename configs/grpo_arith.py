@@ -17,14 +17,14 @@ Args: `runlocal` (a small model, a few iterations: a CPU minute, for tests).
 
 import ml_collections
 
-from configs import common
+from configs import common, sft_arith
 
 # Old key -> new key: reasonjax.main rewrites an override of the old key, with a warning.
 RENAMED = {"loss": "policy_loss"}
 
 
 def grpo(config: ml_collections.ConfigDict) -> None:
-  """The GRPO fields (reasonjax/trainers/grpo.py) with their defaults."""
+  """The GRPO fields (reasonjax/programs/grpo.py) with their defaults."""
   config.trainer = "grpo"
   config.rollouts = ml_collections.ConfigDict({
       "prompts": 16, "num_samples": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64})
@@ -52,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
   config.name = "grpo"
-  common.post_training(config, arg.runlocal)
+  common.post_training(config, sft_arith.nested(arg.runlocal))
   grpo(config)
   # steps = iterations * epochs * minibatches
   loop(config, steps=200, learning_rate=3e-5, warmup_steps=10, eval_every=50,

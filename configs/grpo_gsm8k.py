@@ -17,7 +17,7 @@ variants as in configs/sft_gsm8k.py and configs/grpo_arith.py. MATH: `--config.t
 JSONL files.
 
 Args: `runlocal` (two iterations of a few prompts: about a CPU minute with the tiny random
-checkpoint and tokenizer that tests/trainers/test_gsm8k_configs.py builds).
+checkpoint and tokenizer that tests/programs/test_gsm8k_configs.py builds).
 """
 
 import ml_collections

@@ -12,11 +12,11 @@ Args: `runlocal` (a CPU minute, for tests).
 
 import ml_collections
 
-from configs import common
+from configs import prm_arith
 
 # Old key -> new key: reasonjax.main rewrites an override of the old key, with a warning.
 RENAMED = {"loss": "granularity"}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  return common.reward_model(arg, granularity="orm")
+  return prm_arith.reward_model(arg, granularity="orm")

@@ -16,7 +16,7 @@ Args: `runlocal` (16 problems, N up to 4, a small MCTS: a few CPU minutes, for t
 
 import ml_collections
 
-from configs import common
+from configs import common, sft_arith
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,7 +24,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.trainer = "search"
   config.name = "search"
-  common.post_training(config, arg.runlocal)
+  common.post_training(config, sft_arith.nested(arg.runlocal))
   # A reward_model run's export (workdir/hf) and the granularity it was trained at; an empty
   # path scores with the task's checker.
   config.results_page = ""  # e.g. docs/results/search_arith.md: the table, with its command

@@ -43,3 +43,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                 warmup_steps=10, log_every=5, eval_every=60, checkpoint_every=60)
     config.eval = common.evaluation(num_problems=32, num_samples=4, k=4)
   return config
+
+
+def nested(runlocal: bool) -> ml_collections.ConfigDict:
+  """This config as the nested SFT run of a method that starts from a policy
+  (`common.post_training`)."""
+  sft = get_config("runlocal" if runlocal else None)
+  if runlocal:
+    # The method evaluates its starting policy itself (eval_at_start): the nested run's midway
+    # and pass@k evaluations would only add their sampling and compilation to a CPU minute.
+    sft.eval_every = 0
+    sft.eval.num_samples = 0
+  return sft

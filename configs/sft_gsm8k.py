@@ -16,7 +16,7 @@ question and an instruction to end with '#### <answer>', in the tokenizer's chat
 '#### N', then EOS. The export (workdir/hf) is what configs/grpo_gsm8k.py starts from.
 
 Args: `runlocal` (a few steps on a handful of problems: about a CPU minute with the tiny random
-checkpoint and tokenizer that tests/trainers/test_gsm8k_configs.py builds).
+checkpoint and tokenizer that tests/programs/test_gsm8k_configs.py builds).
 """
 
 import ml_collections

@@ -3,11 +3,11 @@
     python -m reasonjax.main --config=configs/model_report.py:runlocal --workdir=/tmp/run \
         --config.model.dtype=bfloat16
 
-`config.trainer` names the program to run (see `reasonjax.trainers.TRAINERS`). Before anything
+`config.trainer` names the program to run (see `reasonjax.programs.PROGRAMS`). Before anything
 runs: the config file must exist (`--help` lists them), it is locked, so an override of a key
 that does not exist fails with the valid names, a key renamed in a config module's `RENAMED`
 dict still works with a warning, and the trainer checks every name-valued field
-(`trainers.check_config`). One process at a time trains in a workdir (`reasonjax.workdir`).
+(`programs.check_config`). One process at a time trains in a workdir (`reasonjax.workdir`).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reasonjax import checkpoint, host_memory, models, trainers, workdir as workdir_lib
-from reasonjax.trainers import loop
+from reasonjax import checkpoint, host_memory, models, programs, workdir as workdir_lib
+from reasonjax.training import loop
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
@@ -77,8 +77,8 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache) if cache else None)
   config = _CONFIG.value
   try:
-    run = trainers.get(config.trainer)
-    trainers.check_config(config)
+    run = programs.get(config.trainer)
+    programs.check_config(config)
   except ValueError as e:
     sys.exit(f"error: {e}")
   workdir = os.path.abspath(_WORKDIR.value)

@@ -12,7 +12,7 @@ import pytest
 from configs.common import AXIS_RULES
 from reasonjax import checkpoint, models, sharding
 from reasonjax.data import batching, tasks, tokenizers
-from reasonjax.trainers import optim, state as state_lib
+from reasonjax.training import optim, state as state_lib
 
 CFG = models.preset("tiny", num_layers=1)
 

@@ -28,11 +28,11 @@ def _has_key(config, dotted):
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
 def test_every_config_has_runlocal_and_a_known_trainer(name):
-  from reasonjax import trainers
+  from reasonjax import programs
   module = importlib.import_module(f"configs.{name}")
   for arg in (None, "runlocal"):
     config = module.get_config(arg)
-    assert config.trainer in trainers.TRAINERS, (name, config.trainer)
+    assert config.trainer in programs.PROGRAMS, (name, config.trainer)
     # A renamed key: the new one is in the config and the old one is not (so that an override
     # of the old key can only mean the new one).
     for old, new in getattr(module, "RENAMED", {}).items():

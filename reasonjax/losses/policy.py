@@ -158,7 +158,7 @@ def policy_loss(logp: Array, old_logp: Array, advantages: Array, mask: Array, *,
 def aggregate(per_token: Array, mask: Array, mode: str, *, max_len: int | None = None
               ) -> tuple[Array, Array]:
   """(loss, weight): the per-token loss [B, T] reduced as the method `mode` does, and the
-  weight of this micro-batch for gradient accumulation (`trainers.step`), so that accumulating
+  weight of this micro-batch for gradient accumulation (`training.step`), so that accumulating
   gives the same loss as one batch would.
 
   grpo: mean over sequences of each sequence's token mean; bnpo: token mean of each micro-batch;

@@ -115,7 +115,7 @@ class RewardModelScorer:
     examples = []
     for problem, steps in zip(problems, solutions, strict=True):
       # What the reward model was trained on: the whole text (orm), or the reasoning steps
-      # without the answer line (prm, hrm: `trainers.reward_model.units`).
+      # without the answer line (prm, hrm: `programs.reward_model.units`).
       units = (["\n".join(steps)] if self.granularity == "orm"
                else [s for s in steps if not is_answer(s)])
       examples.append(batching.prm_example(self.tokenizer, self.task.prompt(problem), units,

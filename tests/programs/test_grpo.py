@@ -15,7 +15,7 @@ from reasonjax.data import tokenizers
 from reasonjax.data.tasks import get_task
 from reasonjax.rewards import scoring
 from reasonjax.sampling import sampler as sampler_lib
-from reasonjax.trainers import grpo
+from reasonjax.programs import grpo
 from tests.conftest import random_params
 
 CFG = models.preset("tiny", vocab_size=512, num_layers=2, hidden_size=64, intermediate_size=128,

@@ -11,7 +11,7 @@ import pytest
 
 from reasonjax.data.tasks import get_task
 from reasonjax.sampling import SamplingConfig
-from reasonjax.trainers import evaluate
+from reasonjax.training import evaluate
 
 
 def brute_pass_at_k(n, c, k):

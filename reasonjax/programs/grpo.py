@@ -40,7 +40,8 @@ from reasonjax.losses import policy, tokens
 from reasonjax.rewards import scoring
 from reasonjax.sampling import sampler as sampler_lib
 from reasonjax.sampling import texts as sampling_texts
-from reasonjax.trainers import experiment, loop
+from reasonjax.programs import stages
+from reasonjax.training import experiment, loop
 
 # Fields of a rollout batch besides the rollout statistics, with their dtypes: each group's
 # prompt once ([B, P] and [B]), its samples prompt-major ([B * G, C] and [B * G]).
@@ -197,7 +198,7 @@ def results_table(start: dict[str, float], final: dict[str, float]) -> str:
 def check_config(config) -> None:
   """Raises ValueError naming a bad name-valued field (aggregation, advantage scale, importance,
   KL estimator, reward, verifier) or a minibatch split that does not fit, before any work."""
-  experiment.check_policy_source(config)
+  stages.check_policy_source(config)
   choices = {"aggregation": (config.aggregation, policy.AGGREGATIONS),
              "advantage.scale": (config.advantage.scale, policy.ADVANTAGE_SCALES),
              "policy_loss.importance": (config.policy_loss.importance, policy.IMPORTANCE_LEVELS),
@@ -230,7 +231,7 @@ def run(config, workdir: str) -> dict:
     raise NotImplementedError("trainer grpo runs in one process (one host, any number of local "
                               f"devices); this job has {jax.process_count()} processes")
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = experiment.policy_path(config, workdir)
+  path = stages.policy(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
   model = models.Model(cfg)
   evaluate = experiment.evaluator(config, cfg, task, tokenizer)

@@ -1,4 +1,4 @@
-"""Shared trainer plumbing: where a post-training run gets its starting policy; the export."""
+"""What the programs share: the export of a trained model."""
 
 import os
 
@@ -7,40 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import dpo_arith
 from reasonjax import models
 from reasonjax.data import tokenizers
-from reasonjax.trainers import experiment, loop
-
-
-def test_policy_path_trains_the_nested_sft_once(tmp_path):
-  config = dpo_arith.get_config("runlocal")
-  config.sft.steps = 2
-  config.sft.checkpoint_every = 2
-  config.sft.eval.num_problems = 0
-  path = experiment.policy_path(config, str(tmp_path))
-  assert path == os.path.join(tmp_path, "sft", "hf")
-  weights = os.path.join(path, "model.safetensors")
-  written = os.path.getmtime(weights)
-  assert experiment.policy_path(config, str(tmp_path)) == path  # Found, not trained again.
-  assert os.path.getmtime(weights) == written
-
-
-def test_policy_path_uses_init_from_and_checks_it(tmp_path):
-  config = dpo_arith.get_config("runlocal")
-  config.init_from = str(tmp_path)
-  with pytest.raises(ValueError, match="config.init_from=.*no config.json there"):
-    experiment.policy_path(config, str(tmp_path / "run"))
-  (tmp_path / "config.json").write_text("{}")
-  assert experiment.policy_path(config, str(tmp_path / "run")) == str(tmp_path)
-
-
-def test_a_post_training_config_without_a_policy_source_is_refused():
-  config = dpo_arith.get_config("runlocal")
-  with config.unlocked():
-    del config["sft"]
-  with pytest.raises(ValueError, match="config.init_from is empty and the config has no nested"):
-    experiment.check_policy_source(config)
+from reasonjax.training import experiment, loop
 
 
 def test_export_writes_a_folder_that_generates_on_its_own_and_refuses_nan(tmp_path):

@@ -25,7 +25,8 @@ from absl import logging
 from reasonjax import models
 from reasonjax.data import batching
 from reasonjax.losses import preference, tokens
-from reasonjax.trainers import experiment, loop
+from reasonjax.programs import stages
+from reasonjax.training import experiment, loop
 
 # The arguments a preference loss may take, all [B], computed in `preference_loss`.
 INPUTS = ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l", "len_w", "len_l", "nll_w")
@@ -118,7 +119,7 @@ def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, st
 def check_config(config) -> None:
   """Raises ValueError for a missing policy to start from, a loss the trainer cannot run, or
   one without its `loss_kwargs` entry."""
-  experiment.check_policy_source(config)
+  stages.check_policy_source(config)
   loss_inputs(config.loss)
   if config.loss not in config.loss_kwargs:
     raise ValueError(f"config.loss={config.loss!r} has no config.loss_kwargs entry; "
@@ -129,7 +130,7 @@ def run(config, workdir: str) -> dict:
   """Samples pairs from the policy, trains, evaluates; returns the final evaluation metrics."""
   check_config(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = experiment.policy_path(config, workdir)
+  path = stages.policy(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
   model = models.Model(cfg)
   pairs = _pairs(config, workdir, model, params, task, tokenizer)

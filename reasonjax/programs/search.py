@@ -26,7 +26,8 @@ import tqdm
 from reasonjax import checkpoint, models
 from reasonjax.search import methods as methods_lib, scorers
 from reasonjax.search.policy import StepPolicy
-from reasonjax.trainers import experiment
+from reasonjax.programs import stages
+from reasonjax.training import experiment
 
 RESULTS = "search.json"
 TABLE = "search.md"
@@ -35,7 +36,7 @@ TABLE = "search.md"
 def check_config(config) -> None:
   """Raises ValueError naming the field: unknown methods or aggregation, bad budgets, a missing
   reward model folder, MCTS fields out of range."""
-  experiment.check_policy_source(config)
+  stages.check_policy_source(config)
   search = config.search
   for name in search.methods:
     methods_lib.get_method(name)
@@ -80,7 +81,7 @@ def run(config, workdir: str) -> dict:
     raise NotImplementedError("trainer search runs in one process (any number of local "
                               f"devices); this job has {jax.process_count()} processes")
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = experiment.policy_path(config, workdir)
+  path = stages.policy(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
   s = config.search
   policy = StepPolicy(models.Model(cfg), params, tokenizer, task, temperature=s.temperature,

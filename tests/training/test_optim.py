@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from reasonjax.trainers import optim
+from reasonjax.training import optim
 
 OPT = {"learning_rate": 1e-2, "warmup_steps": 10, "total_steps": 110,
        "end_learning_rate_ratio": 0.1, "weight_decay": 0.5, "clip_norm": 0.0}

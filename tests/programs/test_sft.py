@@ -1,13 +1,13 @@
 """The SFT trainer's choice of starting checkpoint: `init_from`, and `model.hf_path`, its
 deprecated alias, which warns. (The runs themselves: tests/test_configs.py and
-tests/trainers/test_gsm8k_configs.py.)"""
+tests/programs/test_gsm8k_configs.py.)"""
 
 import warnings
 
 import pytest
 
 from configs import sft_arith
-from reasonjax.trainers import sft
+from reasonjax.programs import sft
 
 
 def test_init_from_and_its_deprecated_alias():

@@ -10,7 +10,7 @@ import pytest
 import safetensors.numpy
 
 from configs import grpo_gsm8k, sft_gsm8k
-from reasonjax import trainers
+from reasonjax import programs
 from reasonjax.data import tokenizers
 from reasonjax.metrics import read_jsonl
 from tests.conftest import GSM8K_DIR, run_main
@@ -73,7 +73,7 @@ def test_grpo_gsm8k_runlocal_trains_from_the_checkpoint(gsm8k_checkpoint, tmp_pa
 def test_without_init_from_the_run_says_what_to_set(tmp_path):
   for config in (sft_gsm8k.get_config("runlocal"), grpo_gsm8k.get_config("runlocal")):
     with pytest.raises(ValueError, match="config.init_from is empty .* set --config.init_from"):
-      trainers.get(config.trainer)(config, str(tmp_path))
+      programs.get(config.trainer)(config, str(tmp_path))
 
 
 @pytest.mark.parametrize("name", ["sft_gsm8k", "grpo_gsm8k"])

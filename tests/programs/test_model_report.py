@@ -7,7 +7,7 @@ import numpy as np
 
 from configs import model_report as report_config
 from reasonjax import models
-from reasonjax.trainers import model_report
+from reasonjax.programs import model_report
 
 
 def test_report_on_sharded_mesh(tmp_path):

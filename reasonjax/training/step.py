@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from reasonjax.losses import sft, tokens
-from reasonjax.trainers import optim
-from reasonjax.trainers.state import TrainState
+from reasonjax.training import optim
+from reasonjax.training.state import TrainState
 
 Array = jax.Array
 LossFn = Callable[[Any, dict[str, Array], Array, Any],

@@ -10,7 +10,7 @@ from reasonjax import models
 from reasonjax.data import batching, tokenizers
 from reasonjax.data.tasks import get_task
 from reasonjax.losses import preference
-from reasonjax.trainers import dpo
+from reasonjax.programs import dpo
 from tests.conftest import random_params
 
 

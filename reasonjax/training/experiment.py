@@ -1,9 +1,8 @@
-"""What the method trainers share: the task, tokenizer and model of a config, the policy to
-start from, evaluation on the held-out split, and the exported result.
+"""What the programs share: the task, tokenizer and model of a config, evaluation on the
+held-out split, sampling a policy's solutions, and the exported result.
 
 Config fields read here: tokenizer, task {name, knobs, num_train}, model, eval {num_problems,
-max_new_tokens, num_samples, k, temperature, batch_size}, init_from, sft (a nested SFT config),
-batch_size, seed.
+max_new_tokens, num_samples, k, temperature, batch_size}, seed.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ from reasonjax import models
 from reasonjax.data import tasks, tokenizers
 from reasonjax.models import ModelConfig
 from reasonjax.sampling import generate_texts, sampling_config
-from reasonjax.trainers import evaluate as evaluate_lib, loop
+from reasonjax.training import evaluate as evaluate_lib, loop
 
 HF_DIR = "hf"  # Where a finished run exports its parameters (a Hugging Face folder).
 
@@ -101,31 +100,3 @@ def rollouts(section, model, params, task: tasks.Task, tokenizer: tokenizers.Tok
   return generate_texts(model, params, tokenizer, [task.prompt(p) for p in problems], rng,
                         config, batch_size=max(1, section.batch_size // section.num_samples),
                         progress=progress)
-
-
-def check_policy_source(config) -> None:
-  """Raises ValueError unless the method has a policy to start from: `config.init_from` names a
-  Hugging Face folder, or it is empty and `config.sft` is a nested SFT run to make one."""
-  if config.init_from:
-    if not os.path.isfile(os.path.join(config.init_from, "config.json")):
-      raise ValueError(f"config.init_from={config.init_from!r}: no config.json there; "
-                       "expected a Hugging Face folder, e.g. an SFT run's workdir/hf")
-  elif config.get("sft") is None:
-    raise ValueError("config.init_from is empty and the config has no nested SFT run "
-                     "(config.sft) to make a policy: set --config.init_from to a Hugging Face "
-                     "checkpoint folder")
-
-
-def policy_path(config, workdir: str) -> str:
-  """The policy a method starts from: `config.init_from` (a Hugging Face folder), or else the
-  export of the nested `config.sft` run in `workdir/sft`, trained first if it is not there."""
-  check_policy_source(config)
-  if config.init_from:
-    return config.init_from
-  sft_dir = os.path.join(workdir, "sft")
-  path = os.path.join(sft_dir, HF_DIR)
-  if not os.path.isfile(os.path.join(path, "config.json")):
-    from reasonjax.trainers import sft  # A nested run of the SFT trainer.
-    os.makedirs(sft_dir, exist_ok=True)
-    sft.run(config.sft, sft_dir)
-  return path

@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec
 
 from configs.common import AXIS_RULES
 from reasonjax import models, sharding
-from reasonjax.trainers import optim, state as state_lib, step as step_lib
+from reasonjax.training import optim, state as state_lib, step as step_lib
 
 CFG = models.preset("tiny", num_layers=2)
 OPT = {"learning_rate": 1e-2, "warmup_steps": 0, "total_steps": 100, "clip_norm": 1.0}

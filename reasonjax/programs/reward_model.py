@@ -37,7 +37,8 @@ from reasonjax import models
 from reasonjax.data import batching, step_labels
 from reasonjax.losses import reward, tokens
 from reasonjax.search import scorers
-from reasonjax.trainers import experiment, loop
+from reasonjax.programs import stages
+from reasonjax.training import experiment, loop
 
 # What a label judges: a whole solution, a step, or steps and merged pairs of steps.
 GRANULARITIES = scorers.GRANULARITIES
@@ -119,7 +120,7 @@ def _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split:
 def check_config(config) -> None:
   """Raises ValueError for an unknown granularity or label kind: checked before sampling the
   data, not first when the loss is traced."""
-  experiment.check_policy_source(config)
+  stages.check_policy_source(config)
   if config.granularity not in GRANULARITIES:
     raise ValueError(f"config.granularity={config.granularity!r}; expected one of "
                      f"{GRANULARITIES}")
@@ -132,7 +133,7 @@ def run(config, workdir: str) -> dict:
   """Labels policy samples, trains the reward model, evaluates; returns the final metrics."""
   check_config(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = experiment.policy_path(config, workdir)
+  path = stages.policy(config, workdir)
   policy_cfg, policy_params = models.load(experiment.model_section(config, path),
                                           jax.random.key(config.seed))
   data = {split: _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split)

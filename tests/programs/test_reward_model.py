@@ -12,7 +12,7 @@ import pytest
 from reasonjax import models
 from reasonjax.data import batching, step_labels, tokenizers
 from reasonjax.data.tasks import Problem, StepCheck, get_task
-from reasonjax.trainers import reward_model
+from reasonjax.programs import reward_model
 from tests.conftest import random_params
 
 TASK = get_task("arithmetic")

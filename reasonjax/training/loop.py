@@ -43,7 +43,7 @@ import tqdm
 
 from reasonjax import checkpoint, metrics as metrics_lib, models, sharding
 from reasonjax.models import ModelConfig
-from reasonjax.trainers import optim, state as state_lib, step as step_lib
+from reasonjax.training import optim, state as state_lib, step as step_lib
 
 
 class Preempted(Exception):  # noqa: N818 -- it is not an error: rerun the command to resume.

@@ -16,7 +16,8 @@ from configs import common, sft_arith
 from reasonjax import checkpoint, models
 from reasonjax.data import batching, tasks, tokenizers
 from reasonjax.metrics import read_jsonl
-from reasonjax.trainers import loop, sft, step as step_lib
+from reasonjax.programs import sft
+from reasonjax.training import loop, step as step_lib
 from tests.conftest import REPO, main_command
 
 STEPS = 24

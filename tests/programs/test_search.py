@@ -3,8 +3,8 @@
 import pytest
 
 from configs import search_arith
-from reasonjax import trainers
-from reasonjax.trainers import search
+from reasonjax import programs
+from reasonjax.programs import search
 
 
 def _config(**changes):
@@ -30,14 +30,14 @@ def _config(**changes):
 ])
 def test_bad_fields_are_named_before_any_work(changes, message):
   with pytest.raises(ValueError, match=message):
-    trainers.check_config(_config(**changes))
+    programs.check_config(_config(**changes))
 
 
 def test_the_default_configs_pass():
-  trainers.check_config(_config())
+  programs.check_config(_config())
   config = search_arith.get_config()
   config.init_from = ""
-  trainers.check_config(config)
+  programs.check_config(config)
 
 
 def test_table_has_a_row_per_method_and_a_column_per_n():

@@ -25,7 +25,7 @@ from absl import logging
 from reasonjax import models
 from reasonjax.data import batching
 from reasonjax.models import registry
-from reasonjax.trainers import experiment, loop, step as step_lib
+from reasonjax.training import experiment, loop, step as step_lib
 
 
 def start_checkpoint(config) -> str:

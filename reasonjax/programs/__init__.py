@@ -1,0 +1,50 @@
+"""The programs `reasonjax.main` runs, picked by `config.trainer`: each a short composition of
+the stages in `programs.stages` over the machinery of `reasonjax.training`, which never imports
+a program."""
+
+from collections.abc import Callable
+
+from reasonjax.programs import dpo, grpo, model_report, reward_model, search, sft
+from reasonjax.training import loop
+
+PROGRAMS: dict[str, Callable] = {
+    "model_report": model_report.run,
+    "sft": sft.run,
+    "dpo": dpo.run,
+    "reward_model": reward_model.run,
+    "grpo": grpo.run,
+    "search": search.run,
+}
+
+
+def get(name: str) -> Callable:
+  """The `run(config, workdir)` function named `name`; an unknown name lists the valid ones."""
+  if name not in PROGRAMS:
+    raise ValueError(f"config.trainer={name!r} is unknown; valid programs: {sorted(PROGRAMS)}")
+  return PROGRAMS[name]
+
+
+def check_config(config) -> None:
+  """Validates a config before any work, so that a bad value fails at start and not after a
+  nested SFT run and sampling: the loop's fields, the program's own (`CHECKS`), and those of
+  nested runs (`config.sft`, and any other section with a `trainer` field). Raises ValueError
+  naming the field and the valid values."""
+  get(config.trainer)
+  if "checkpoint_every" in config:  # A program that runs `loop.train`.
+    loop.check_config(config)
+  if config.trainer in CHECKS:
+    CHECKS[config.trainer](config)
+  if "sft" in config and config.sft is not None:
+    check_config(config.sft)
+
+
+# Each program's check of its name-valued fields (loss, aggregation, rewards, ...).
+CHECKS: dict[str, Callable] = {
+    "sft": sft.check_config,
+    "dpo": dpo.check_config,
+    "reward_model": reward_model.check_config,
+    "grpo": grpo.check_config,
+    "search": search.check_config,
+}
+
+__all__ = ["CHECKS", "PROGRAMS", "check_config", "get"]

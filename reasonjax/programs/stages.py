@@ -1,0 +1,78 @@
+"""The reusable stages programs are composed of, each storing its output in the workdir and
+skipped when that output is present, so an interrupted program continues where it stopped.
+
+    path = stages.policy(config, workdir)                    # init_from, or a nested SFT run
+    trees = stages.json_file(f"{workdir}/trees.json", grow)  # made once, then read back
+    hf = stages.nested(reward_model.run, rm_config, f"{workdir}/prm")  # a trained export
+
+A stage's output is either a JSON file (written atomically: a crash leaves none or the whole
+file) or a nested program's export `directory/hf`, which that program writes last; a nested
+run interrupted before it resumes from its own checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from absl import logging
+
+from reasonjax.programs import sft
+from reasonjax.training.experiment import HF_DIR
+
+
+def json_file(path: str, make: Callable[[], Any]) -> Any:
+  """The JSON value stored at `path`, or `make()`'s, written there first when absent."""
+  if os.path.isfile(path):
+    logging.info("stage output %s present: skipping its stage", path)
+    with open(path) as f:
+      return json.load(f)
+  value = make()
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(value, f)
+  os.replace(tmp, path)
+  # What a later stage reads back is the stored form (tuples became lists), also on this run.
+  with open(path) as f:
+    return json.load(f)
+
+
+def done(directory: str) -> bool:
+  """Whether a nested program finished in `directory`: its export is there."""
+  return os.path.isfile(os.path.join(directory, HF_DIR, "config.json"))
+
+
+def nested(run: Callable[[Any, str], Any], config, directory: str) -> str:
+  """`directory/hf`, the export of program `run` with `config` in `directory`, run first unless
+  it finished there before."""
+  if not done(directory):
+    os.makedirs(directory, exist_ok=True)
+    run(config, directory)
+  else:
+    logging.info("%s holds a finished run: skipping it", directory)
+  return os.path.join(directory, HF_DIR)
+
+
+def check_policy_source(config) -> None:
+  """Raises ValueError unless the method has a policy to start from: `config.init_from` names a
+  Hugging Face folder, or it is empty and `config.sft` is a nested SFT run to make one."""
+  if config.init_from:
+    if not os.path.isfile(os.path.join(config.init_from, "config.json")):
+      raise ValueError(f"config.init_from={config.init_from!r}: no config.json there; "
+                       "expected a Hugging Face folder, e.g. an SFT run's workdir/hf")
+  elif config.get("sft") is None:
+    raise ValueError("config.init_from is empty and the config has no nested SFT run "
+                     "(config.sft) to make a policy: set --config.init_from to a Hugging Face "
+                     "checkpoint folder")
+
+
+def policy(config, workdir: str) -> str:
+  """The policy a method starts from: `config.init_from` (a Hugging Face folder), or else the
+  export of the nested `config.sft` run in `workdir/sft`, trained first if it is not there."""
+  check_policy_source(config)
+  if config.init_from:
+    return config.init_from
+  return nested(sft.run, config.sft, os.path.join(workdir, "sft"))
