@@ -10,7 +10,9 @@ into workdir/sft. The variants are config changes: DAPO is `--config.aggregation
 `--config.aggregation=dr_grpo --config.advantage.scale=none`; GSPO
 `--config.policy_loss.importance=sequence --config.policy_loss.epsilon_low=3e-4
 --config.policy_loss.epsilon_high=4e-4`; RLOO `--config.advantage.leave_one_out=True
---config.advantage.scale=none`.
+--config.advantage.scale=none`. Rewarded by a trained reward model instead of the answer
+check (reward hacking: `rollout_reward_mean` against `rollout_true_accuracy`):
+`--config.reward_model.path=runs/prm_arith/hf --config.reward_model.granularity=prm`.
 
 Args: `runlocal` (a small model, a few iterations: a CPU minute, for tests).
 """
@@ -35,6 +37,14 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   # "gsm8k" and "math" the numeric and boxed-LaTeX graders.
   config.verifier = "task"
   config.scorer_workers = 2
+  # The reward model study: a reward_model run's export (workdir/hf) whose solution score is
+  # the reward instead of config.rewards; the verifier then only reports the true accuracy.
+  # granularity: how it was trained (orm, prm, hrm); aggregation: min, prod, last or mean of
+  # the step scores (prm, hrm); batch_size: completions per forward pass. "": verifier rewards.
+  # score_answers: it was trained on answer lines too (tree data, programs/hrm.py).
+  config.reward_model = ml_collections.ConfigDict({
+      "path": "", "granularity": "prm", "aggregation": "min", "batch_size": 64,
+      "score_answers": False})
   config.advantage = ml_collections.ConfigDict({"scale": "group", "leave_one_out": False})
   config.aggregation = "grpo"  # grpo, bnpo, dr_grpo or dapo
   # Keyword arguments of losses.policy.policy_loss.

@@ -32,6 +32,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
               warmup_steps=50, eval_every=250, checkpoint_every=250)
   config.pack = True
   config.label_smoothing = 0.0
+  # > 0 (with init_from): + kl_weight * log(1 + KL(start || policy)), the HRM paper's
+  # self-training regulariser.
+  config.kl_weight = 0.0
   config.z_loss = 0.0
   config.eval = common.evaluation()
   if arg.runlocal:

@@ -52,6 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
               warmup_steps=20, eval_every=150, checkpoint_every=150)
   config.pack = True
   config.label_smoothing = 0.0
+  config.kl_weight = 0.0  # > 0: + kl_weight * log(1 + KL(start || policy)) (programs/sft.py)
   config.z_loss = 0.0
   # Greedy accuracy on the whole test split (1319 problems).
   config.eval = common.evaluation(num_problems=1319, max_new_tokens=512, num_samples=0, k=1)

@@ -15,6 +15,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
+def merge_steps(first: str, second: str) -> str:
+  """Two consecutive steps as one unit: joined by a single space, so the unit has one step end
+  (HRM's merged pairs and the tree data's Hierarchical Node Compression share it)."""
+  return f"{first} {second}"
+
+
 def hierarchical_units(steps: Sequence[str], labels: Sequence[float]
                        ) -> list[tuple[list[str], list[float]]]:
   """The renderings an HRM learns from: every single step and every pair of consecutive steps.
@@ -50,7 +56,7 @@ def hierarchical_units(steps: Sequence[str], labels: Sequence[float]
   for first in (0, 1):
     merged, merged_labels = steps[:first], labels[:first]
     for i in range(first, len(steps), 2):
-      merged.append(" ".join(steps[i:i + 2]))
+      merged.append(merge_steps(*steps[i:i + 2]) if i + 1 < len(steps) else steps[i])
       merged_labels.append(labels[min(i + 1, len(steps) - 1)])
     if len(merged) < len(steps):  # It merged at least one pair.
       out.append((merged, merged_labels))

@@ -4,7 +4,7 @@ a program."""
 
 from collections.abc import Callable
 
-from reasonjax.programs import dpo, grpo, model_report, reward_model, search, sft
+from reasonjax.programs import dpo, grpo, hrm, model_report, reward_model, search, sft
 from reasonjax.training import loop
 
 PROGRAMS: dict[str, Callable] = {
@@ -14,6 +14,7 @@ PROGRAMS: dict[str, Callable] = {
     "reward_model": reward_model.run,
     "grpo": grpo.run,
     "search": search.run,
+    "hrm": hrm.run,
 }
 
 
@@ -34,8 +35,9 @@ def check_config(config) -> None:
     loop.check_config(config)
   if config.trainer in CHECKS:
     CHECKS[config.trainer](config)
-  if "sft" in config and config.sft is not None:
-    check_config(config.sft)
+  for key, value in config.items():
+    if key == "sft" and value is not None or hasattr(value, "keys") and "trainer" in value:
+      check_config(value)
 
 
 # Each program's check of its name-valued fields (loss, aggregation, rewards, ...).
@@ -45,6 +47,7 @@ CHECKS: dict[str, Callable] = {
     "reward_model": reward_model.check_config,
     "grpo": grpo.check_config,
     "search": search.check_config,
+    "hrm": hrm.check_config,
 }
 
 __all__ = ["CHECKS", "PROGRAMS", "check_config", "get"]

@@ -16,6 +16,13 @@ The starting policy is `config.init_from` (a Hugging Face folder) or the export 
 SFT run `config.sft`, trained first into `workdir/sft`. It is evaluated before training
 (`workdir/start_eval.json`), and `workdir/results.json` puts the two evaluations side by side.
 
+With `config.reward_model.path` (a reward_model run's export, `workdir/hf`), the reward is that
+model's solution score instead (`rewards.reward_model`: a probability in [0, 1], its step scores
+aggregated with `reward_model.aggregation` for prm/hrm, the one score for orm), and
+`config.rewards` is unused. The verifier still grades every completion, only for the metrics
+(`rollout_true_accuracy`, beside the reward model's `rollout_reward_mean`): reward hacking shows
+as the reward rising while the true accuracy does not.
+
 Rollout statistics ride in the batch as per-sample constants (`rollout_*` fields), so each step's
 metrics line holds the numbers of the rollouts it trained on. A checkpoint keeps the iteration's
 untrained minibatches, so a resumed run trains on the same rollouts.
@@ -37,9 +44,10 @@ from reasonjax import models
 from reasonjax.data import batching
 from reasonjax.data.tasks import Task
 from reasonjax.losses import policy, tokens
-from reasonjax.rewards import scoring
+from reasonjax.rewards import reward_model as rm_reward, scoring
 from reasonjax.sampling import sampler as sampler_lib
 from reasonjax.sampling import texts as sampling_texts
+from reasonjax.search import scorers
 from reasonjax.programs import stages
 from reasonjax.training import experiment, loop
 
@@ -110,11 +118,13 @@ class Rollouts:
   """The on-policy batch source of `loop.train`: `next_batch(params)` gives the next minibatch,
   sampling a new iteration's rollouts with `params` when the last one's are used up.
 
-  `get_state()` / `set_state()` save and restore the prompt iterator, the iteration count and
-  the untrained minibatches (a JSON-able dict), so a resumed run trains on what it would have.
+  `scorer(problems, texts, group_size=...) -> (rewards [N], metrics)`: a `scoring.Scorer` or a
+  `rewards.reward_model.RewardModelReward` (`make_scorer`). `get_state()` / `set_state()` save
+  and restore the prompt iterator, the iteration count and the untrained minibatches (a
+  JSON-able dict), so a resumed run trains on what it would have.
   """
 
-  def __init__(self, config, model, task: Task, tokenizer, problems, scorer: scoring.Scorer):
+  def __init__(self, config, model, task: Task, tokenizer, problems, scorer):
     section = config.rollouts
     self.model, self.tokenizer, self.problems = model, tokenizer, problems
     self.scorer, self.seed = scorer, config.seed
@@ -197,14 +207,19 @@ def results_table(start: dict[str, float], final: dict[str, float]) -> str:
 
 def check_config(config) -> None:
   """Raises ValueError naming a bad name-valued field (aggregation, advantage scale, importance,
-  KL estimator, reward, verifier) or a minibatch split that does not fit, before any work."""
+  KL estimator, reward, verifier, reward model fields), a reward model folder without a
+  config.json, or a minibatch split that does not fit, before any work."""
   stages.check_policy_source(config)
   choices = {"aggregation": (config.aggregation, policy.AGGREGATIONS),
              "advantage.scale": (config.advantage.scale, policy.ADVANTAGE_SCALES),
              "policy_loss.importance": (config.policy_loss.importance, policy.IMPORTANCE_LEVELS),
              "policy_loss.kl_estimator": (config.policy_loss.kl_estimator,
                                           policy.KL_ESTIMATORS),
-             "verifier": (config.verifier, scoring.VERIFIERS)}
+             "verifier": (config.verifier, scoring.VERIFIERS),
+             "reward_model.granularity": (config.reward_model.granularity,
+                                          scorers.GRANULARITIES),
+             "reward_model.aggregation": (config.reward_model.aggregation,
+                                          scorers.AGGREGATIONS)}
   for name, (value, valid) in choices.items():
     if value not in valid:
       raise ValueError(f"config.{name}={value!r}; expected one of {sorted(valid)}")
@@ -212,6 +227,13 @@ def check_config(config) -> None:
   if unknown:
     raise ValueError(f"config.rewards has unknown reward(s) {unknown}; valid: "
                      f"{list(scoring.REWARDS)}")
+  rm = config.reward_model
+  if rm.path and not os.path.isfile(os.path.join(rm.path, "config.json")):
+    raise ValueError(f"config.reward_model.path={rm.path!r}: no config.json there; expected a "
+                     "reward_model run's export (its workdir/hf), or '' for verifier rewards")
+  if rm.batch_size < 1:
+    raise ValueError(f"config.reward_model.batch_size={rm.batch_size!r}; expected a positive "
+                     "integer (completions per reward model forward pass)")
   _check_minibatches(config.rollouts.prompts, config.minibatches)
 
 
@@ -220,6 +242,23 @@ def _check_minibatches(prompts: int, minibatches: int) -> None:
     raise ValueError(f"rollouts.prompts={prompts} groups must split into "
                      f"config.minibatches={minibatches} equal minibatches (a minibatch holds "
                      "whole groups)")
+
+
+def make_scorer(config, task: Task, tokenizer):
+  """The rollouts' reward: the verifier's weighted `config.rewards`, or with
+  `config.reward_model.path` the reward model's score, the verifier graded for metrics only."""
+  verifier = scoring.make_verifier(config.verifier, task)
+  rm = config.reward_model
+  if not rm.path:
+    return scoring.Scorer(verifier, dict(config.rewards), num_workers=config.scorer_workers)
+  logging.info("GRPO rewards: the %s reward model %s (aggregation %s); config.rewards unused",
+               rm.granularity, rm.path, rm.aggregation)
+  truth = scoring.Scorer(verifier, {"correctness": 1.0}, num_workers=config.scorer_workers)
+  return rm_reward.RewardModelReward.load(rm.path, task, tokenizer, truth,
+                                          granularity=rm.granularity,
+                                          aggregation=rm.aggregation,
+                                          batch_size=rm.batch_size,
+                                          score_answers=rm.score_answers)
 
 
 def run(config, workdir: str) -> dict:
@@ -248,8 +287,7 @@ def run(config, workdir: str) -> dict:
   if start:
     print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
   problems = task.generate(config.task.num_train, seed=config.seed, split="train")
-  scorer = scoring.Scorer(scoring.make_verifier(config.verifier, task), dict(config.rewards),
-                          num_workers=config.scorer_workers)
+  scorer = make_scorer(config, task, tokenizer)
   rollouts = Rollouts(config, model, task, tokenizer, problems, scorer)
   loss_kwargs = dict(config.policy_loss)
   loss_kwargs["dual_clip"] = loss_kwargs["dual_clip"] or None  # 0 in a config: off
@@ -258,8 +296,8 @@ def run(config, workdir: str) -> dict:
                               max_len=config.rollouts.max_new_tokens, loss_kwargs=loss_kwargs,
                               share_prompt=config.share_prompt)
   steps_per_iteration = config.epochs * config.minibatches
-  logging.info("GRPO: %d prompts x %d samples per iteration, %d steps each", config.rollouts.prompts,
-               config.rollouts.num_samples, steps_per_iteration)
+  logging.info("GRPO: %d prompts x %d samples per iteration, %d steps each",
+               config.rollouts.prompts, config.rollouts.num_samples, steps_per_iteration)
   try:
     state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=rollouts,
                               params=params,

@@ -129,6 +129,35 @@ def check_config(config) -> None:
                      f"{reward.LABEL_KINDS}")
 
 
+def load(config, policy: str):
+  """(cfg, params): the policy at `policy` (a Hugging Face folder) with its LM head replaced by
+  a freshly initialised score head."""
+  return models.load(experiment.model_section(config, policy) |
+                     {"lm_head": False, "score_head": True}, jax.random.key(config.seed))
+
+
+def train(config, workdir: str, policy: str, examples, *, evaluate=None,
+          tokenizer=None) -> dict:
+  """Trains a reward model started from `policy` on `examples` (`batching.prm_example`s: soft
+  or hard labels where step_mask is set) with the loop fields of `config`, exports it to
+  `workdir/hf`; returns the final metrics. evaluate: None, or `cfg -> evaluate(params, rng)
+  -> metrics` (the loop's evaluation, made once the model's config is known)."""
+  if not examples:
+    raise ValueError("no labelled training examples for the reward model")
+  cfg, params = load(config, policy)
+  batches = batching.batches(
+      examples, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
+      pack=config.pack, seed=config.seed, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  loss_fn = functools.partial(reward_loss, model=models.Model(cfg),
+                              granularity=config.granularity, kind=config.label_kind)
+  state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
+                            params=params, evaluate=evaluate(cfg) if evaluate else None)
+  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final},
+                    tokenizer=tokenizer)
+  return final
+
+
 def run(config, workdir: str) -> dict:
   """Labels policy samples, trains the reward model, evaluates; returns the final metrics."""
   check_config(config)
@@ -139,47 +168,40 @@ def run(config, workdir: str) -> dict:
   data = {split: _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split)
           for split in ("train", "test")}
   del policy_params
-  cfg, params = models.load(experiment.model_section(config, path) |
-                            {"lm_head": False, "score_head": True}, jax.random.key(config.seed))
 
   problems, rows = data["train"]
-  train = [batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), steps, labels)
-           for row in rows
-           for steps, labels in units(task, problems[row["problem"]], row["text"],
-                                      config.granularity)]
-  if not train:
+  examples = [batching.prm_example(tokenizer, task.prompt(problems[row["problem"]]), steps,
+                                   labels)
+              for row in rows
+              for steps, labels in units(task, problems[row["problem"]], row["text"],
+                                         config.granularity)]
+  if not examples:
     raise ValueError("no labelled training samples: the policy's solutions had no steps")
-  logging.info("%s: %d training examples", config.granularity, len(train))
-  batches = batching.batches(
-      train, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
-      pack=config.pack, seed=config.seed, process_index=jax.process_index(),
-      process_count=jax.process_count())
+  logging.info("%s: %d training examples", config.granularity, len(examples))
   # Evaluation: the first rendering of each test sample (steps, or the whole text for orm).
   problems, rows = data["test"]
   test = [(row, batching.pad_example(batching.prm_example(
               tokenizer, task.prompt(problems[row["problem"]]), *u[0]), config.seq_len))
           for row in rows
           if (u := units(task, problems[row["problem"]], row["text"], config.granularity))]
-  score = scorers.score_fn(models.Model(cfg), config.eval.batch_size)
 
-  def evaluate(params, rng):
-    del rng
-    scores = score(params, [e for _, e in test])
-    flat = np.concatenate(scores)
-    labels = np.concatenate([e["step_labels"][e["step_mask"] > 0] for _, e in test])
-    best: dict[int, tuple[float, bool]] = {}
-    for (row, _), s in zip(test, scores):
-      value = solution_score(s, config.granularity)
-      if row["problem"] not in best or value > best[row["problem"]][0]:
-        best[row["problem"]] = (value, row["correct"])
-    return {"accuracy": float(np.mean((flat > 0) == (labels > 0.5))), "auc": auc(flat, labels),
-            "best_of_n_accuracy": float(np.mean([c for _, c in best.values()])),
-            "sample_accuracy": float(np.mean([row["correct"] for row, _ in test]))}
+  def evaluator(cfg):
+    score = scorers.score_fn(models.Model(cfg), config.eval.batch_size)
 
-  loss_fn = functools.partial(reward_loss, model=models.Model(cfg),
-                              granularity=config.granularity, kind=config.label_kind)
-  state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
-                            params=params, evaluate=evaluate)
-  experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final},
-                    tokenizer=tokenizer)
-  return final
+    def evaluate(params, rng):
+      del rng
+      scores = score(params, [e for _, e in test])
+      flat = np.concatenate(scores)
+      labels = np.concatenate([e["step_labels"][e["step_mask"] > 0] for _, e in test])
+      best: dict[int, tuple[float, bool]] = {}
+      for (row, _), s in zip(test, scores):
+        value = solution_score(s, config.granularity)
+        if row["problem"] not in best or value > best[row["problem"]][0]:
+          best[row["problem"]] = (value, row["correct"])
+      return {"accuracy": float(np.mean((flat > 0) == (labels > 0.5))), "auc": auc(flat, labels),
+              "best_of_n_accuracy": float(np.mean([c for _, c in best.values()])),
+              "sample_accuracy": float(np.mean([row["correct"] for row, _ in test]))}
+
+    return evaluate
+
+  return train(config, workdir, path, examples, evaluate=evaluator, tokenizer=tokenizer)

@@ -54,7 +54,19 @@ def check_config(config) -> None:
 
 
 def run(config, workdir: str) -> dict:
-  """Trains; returns the final evaluation metrics (also in `workdir/results.json`)."""
+  """Trains on the task's gold solutions; returns the final evaluation metrics (also in
+  `workdir/results.json`)."""
+  check_config(config)
+  task = experiment.task_and_tokenizer(config)[0]
+  problems = task.generate(config.task.num_train, seed=config.seed, split="train")
+  return train_on(config, workdir, [(p, p.solution) for p in problems])
+
+
+def train_on(config, workdir: str, solutions) -> dict:
+  """Trains on `solutions`, [(problem, solution text)] (e.g. a reward model's choices), from
+  `init_from` or a new model; with `config.kl_weight` > 0 the loss adds
+  kl_weight * log(1 + KL(start || policy)), the start being the `init_from` checkpoint.
+  Evaluates, exports `workdir/hf`; returns the final evaluation metrics."""
   check_config(config)
   init_from = start_checkpoint(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
@@ -68,18 +80,22 @@ def run(config, workdir: str) -> dict:
     cfg, params = models.load(section, jax.random.key(config.seed))
   else:
     cfg = experiment.model_config(config.model, tokenizer)
-  problems = task.generate(config.task.num_train, seed=config.seed, split="train")
-  examples = [batching.sft_example(tokenizer, task.prompt(p), p.solution) for p in problems]
+  kl_weight = config.get("kl_weight", 0.0)
+  if kl_weight and params is None:
+    raise ValueError(f"config.kl_weight={kl_weight}: a KL term needs a starting policy to stay "
+                     "near; set config.init_from")
+  examples = [batching.sft_example(tokenizer, task.prompt(p), text) for p, text in solutions]
   batches = batching.batches(
       examples, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
       pack=config.pack, seed=config.seed, process_index=jax.process_index(),
       process_count=jax.process_count())
-  logging.info("SFT: %s, %d training problems, %s parameters", task, len(problems),
+  logging.info("SFT: %s, %d training solutions, %s parameters", task, len(examples),
                f"{models.param_count(cfg):,}")
   loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg),
-                              label_smoothing=config.label_smoothing, z_loss=config.z_loss)
+                              label_smoothing=config.label_smoothing, z_loss=config.z_loss,
+                              kl_weight=kl_weight)
   state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
-                            params=params,
+                            params=params, frozen=params if kl_weight else None,
                             evaluate=experiment.evaluator(config, cfg, task, tokenizer))
   experiment.export(workdir, cfg, state.params, {"steps": int(state.step), **final},
                     tokenizer=tokenizer)

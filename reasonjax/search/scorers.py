@@ -6,8 +6,9 @@
     value = aggregate(scores[i], "min")      # a solution's score
 
 A scorer maps each (problem, steps) pair to one probability per step, in [0, 1]; an answer line
-(`#### x`) gets one too (the oracle grades the answer; a PRM, never trained on answer lines,
-repeats the score of the step before it). An outcome reward model (granularity 'orm') scores
+(`#### x`) gets one too (the oracle grades the answer; a PRM trained on the task's step labels,
+never on answer lines, repeats the score of the step before it; one trained on tree nodes,
+answer lines included, scores it: `score_answers`). An outcome reward model (granularity 'orm') scores
 the whole solution once: its array has a single entry, which every aggregation returns.
 """
 
@@ -90,15 +91,17 @@ def score_fn(model: models.Model, batch_size: int):
 class RewardModelScorer:
   """A reward model (a `Model` with a score head) as a scorer: sigmoid of its score at the last
   token of each step (prm, hrm), or of the whole solution (orm), rendered as
-  `batching.prm_example` renders its training data."""
+  `batching.prm_example` renders its training data. `score_answers`: answer lines are steps
+  the model was trained on (tree data, `search.tree_data`), scored like the others."""
 
   def __init__(self, model: models.Model, params, task: Task, tokenizer, *,
-               granularity: str = "prm", batch_size: int = 32):
+               granularity: str = "prm", batch_size: int = 32, score_answers: bool = False):
     if granularity not in GRANULARITIES:
       raise ValueError(f"unknown reward model granularity {granularity!r}; valid: "
                        f"{GRANULARITIES}")
     self.params, self.task, self.tokenizer = params, task, tokenizer
     self.granularity, self.name = granularity, granularity
+    self.score_answers = score_answers
     self._score = score_fn(model, batch_size)
 
   @classmethod
@@ -117,14 +120,14 @@ class RewardModelScorer:
       # What the reward model was trained on: the whole text (orm), or the reasoning steps
       # without the answer line (prm, hrm: `programs.reward_model.units`).
       units = (["\n".join(steps)] if self.granularity == "orm"
-               else [s for s in steps if not is_answer(s)])
+               else [s for s in steps if self.score_answers or not is_answer(s)])
       examples.append(batching.prm_example(self.tokenizer, self.task.prompt(problem), units,
                                            [0.0] * len(units)))
     # Lengths padded to a power of two: one compiled program per bucket.
     width = bucket_length(max(len(e["inputs"]) for e in examples))
     logits = self._score(self.params, [batching.pad_example(e, width) for e in examples])
     probs = [1.0 / (1.0 + np.exp(-np.asarray(s, np.float64))) for s in logits]
-    if self.granularity == "orm":
+    if self.granularity == "orm" or self.score_answers:
       return probs
     out = []
     for steps, p in zip(solutions, probs):

@@ -31,20 +31,31 @@ LossFn = Callable[[Any, dict[str, Array], Array, Any],
 
 
 def sft_loss(params, batch: dict[str, Array], rng: Array, frozen=None, *, model,
-             label_smoothing: float = 0.0, z_loss: float = 0.0):
+             label_smoothing: float = 0.0, z_loss: float = 0.0, kl_weight: float = 0.0):
   """Token-mean cross-entropy on `loss_mask`; batch from `data.batching` (inputs, targets,
-  loss_mask, positions, segment_ids: [B, T]). Weight: the number of supervised tokens."""
-  del rng, frozen
-  logits = model.apply({"params": params}, batch["inputs"], positions=batch["positions"],
-                       segment_ids=batch["segment_ids"])
+  loss_mask, positions, segment_ids: [B, T]). Weight: the number of supervised tokens.
+
+  kl_weight > 0: `sft.kl_regularized`, CE + kl_weight * log(1 + KL(reference || policy)), the
+  reference's logits from `frozen` (the HRM paper's self-training loss; label_smoothing and
+  z_loss do not apply).
+  """
+  del rng
+  apply = functools.partial(model.apply, positions=batch["positions"],
+                            segment_ids=batch["segment_ids"])
+  logits = apply({"params": params}, batch["inputs"])
   mask = batch["loss_mask"]
-  per_token = sft.cross_entropy(logits, batch["targets"], mask, label_smoothing=label_smoothing,
-                                z_loss=z_loss)
   count = jnp.sum(mask)
   correct = jnp.sum((jnp.argmax(logits, -1) == batch["targets"]) * mask)
+  metrics = {"token_accuracy": correct / jnp.maximum(count, 1.0), "tokens": count}
+  if kl_weight:
+    reference = apply({"params": frozen}, batch["inputs"])
+    loss, parts = sft.kl_regularized(logits, reference, batch["targets"], mask,
+                                     kl_weight=kl_weight)
+    return loss, (count, metrics | parts)
+  per_token = sft.cross_entropy(logits, batch["targets"], mask, label_smoothing=label_smoothing,
+                                z_loss=z_loss)
   loss = tokens.reduce(per_token, mask, "token_mean")
-  return loss, (count, {"loss": loss, "token_accuracy": correct / jnp.maximum(count, 1.0),
-                        "tokens": count})
+  return loss, (count, {"loss": loss, **metrics})
 
 
 def _accumulate(loss_fn: LossFn, params, batch, rng, frozen, accum_steps: int):

@@ -71,3 +71,13 @@ def test_matches_brute_force_and_covers_every_pair_once(num_steps):
 def test_mismatched_lengths_raise():
   with pytest.raises(ValueError, match="2 steps but 1 labels"):
     step_labels.hierarchical_units(["a", "b"], [1.0])
+
+
+def test_merge_steps_joins_with_one_space_as_the_merged_renderings_do():
+  assert step_labels.merge_steps("7 + 5 = 12", "12 * 3 = 36") == "7 + 5 = 12 12 * 3 = 36"
+  assert step_labels.merge_steps("a", "") == "a "
+  # The renderings' merged units are exactly merge_steps of their pairs.
+  steps = ["a", "b", "c"]
+  units = step_labels.hierarchical_units(steps, [1, 0, 1])
+  assert units[1][0] == [step_labels.merge_steps("a", "b"), "c"]
+  assert units[2][0] == ["a", step_labels.merge_steps("b", "c")]

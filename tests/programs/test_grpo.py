@@ -1,7 +1,10 @@
 """The GRPO trainer's parts: rollout rows against a brute-force layout, the sampler's log-probs
-against the trainer's (the train/inference mismatch), and the rollout source's exact resume."""
+against the trainer's (the train/inference mismatch), the rollout source's exact resume, and
+rewards from a reward model: its config checks and a short run."""
 
 import json
+import os
+import re
 import types
 
 import jax
@@ -13,14 +16,17 @@ from configs import grpo_arith
 from reasonjax import models
 from reasonjax.data import tokenizers
 from reasonjax.data.tasks import get_task
-from reasonjax.rewards import scoring
+from reasonjax.metrics import read_jsonl
+from reasonjax.rewards import reward_model, scoring
 from reasonjax.sampling import sampler as sampler_lib
 from reasonjax.programs import grpo
-from tests.conftest import random_params
+from reasonjax.search import scorers
+from tests.conftest import random_params, run_main
 
 CFG = models.preset("tiny", vocab_size=512, num_layers=2, hidden_size=64, intermediate_size=128,
                     num_heads=4, num_kv_heads=2, head_dim=16)
 MODEL = models.Model(CFG)
+RM = CFG.replace(lm_head=False, score_head=True)
 
 
 def test_rollout_batch_against_brute_force():
@@ -77,7 +83,7 @@ def test_sampler_logprobs_equal_the_trainers(temperature, share_prompt):
   assert float(metrics["ratio"]) == pytest.approx(1.0, abs=1e-4)
 
 
-def _rollouts(minibatches=2, epochs=2):
+def _rollouts(minibatches=2, epochs=2, rewards="verifier"):
   config = grpo_arith.get_config("runlocal")
   config.rollouts.update({"prompts": 4, "num_samples": 2, "max_new_tokens": 8})
   config.update({"minibatches": minibatches, "epochs": epochs})
@@ -86,12 +92,17 @@ def _rollouts(minibatches=2, epochs=2):
   problems = task.generate(12, seed=0)
   scorer = scoring.Scorer(scoring.TaskVerifier(task), {"correctness": 1.0, "brevity": 0.5},
                           num_workers=0)
+  if rewards == "reward_model":
+    rm = scorers.RewardModelScorer(models.Model(RM), random_params(RM, 1), task, tok,
+                                   batch_size=8)
+    scorer = reward_model.RewardModelReward(rm, task, scorer)
   return grpo.Rollouts(config, MODEL, task, tok, problems, scorer)
 
 
-def test_rollouts_split_iterations_and_resume_exactly():
+@pytest.mark.parametrize("rewards", ["verifier", "reward_model"])
+def test_rollouts_split_iterations_and_resume_exactly(rewards):
   params = random_params(CFG, 0)
-  source = _rollouts()
+  source = _rollouts(rewards=rewards)
   first = source.next_batch(params)
   # 4 prompts x 2 samples in 2 minibatches: 2 whole groups each.
   assert first["prompt_inputs"].shape[0] == 2 and first["completion_inputs"].shape == (4, 8)
@@ -108,8 +119,9 @@ def test_rollouts_split_iterations_and_resume_exactly():
   assert pairs([first, source.pending[0]]) == pairs(source.pending[1:])
   # The reward statistics ride along as per-row constants of the iteration.
   assert np.all(first["rollout_reward_mean"] == first["rollout_reward_mean"][0])
+  assert ("rollout_true_accuracy" in first) == (rewards == "reward_model")
   state = json.loads(json.dumps(source.get_state()))  # what a checkpoint keeps
-  resumed = _rollouts()
+  resumed = _rollouts(rewards=rewards)
   resumed.set_state(state)
   for _ in range(5):  # the rest of iteration 0, then iteration 1 sampled afresh
     a, b = source.next_batch(params), resumed.next_batch(params)
@@ -124,3 +136,68 @@ def test_rollouts_split_iterations_and_resume_exactly():
 def test_rollouts_reject_uneven_minibatches():
   with pytest.raises(ValueError, match="prompts=4 groups must split into config.minibatches=3"):
     _rollouts(minibatches=3)
+
+
+# ----------------------------------------------------------------------------- reward model
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+  """Hugging Face folders of a random policy and a random reward model (a score head)."""
+  root = tmp_path_factory.mktemp("grpo_rm")
+  for name, cfg, seed in (("policy", CFG, 0), ("rm", RM, 1)):
+    models.save_hf(cfg, random_params(cfg, seed), str(root / name))
+  return str(root / "policy"), str(root / "rm")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("granularity", "xrm",
+     "config.reward_model.granularity='xrm'; expected one of ['hrm', 'orm', 'prm']"),
+    ("aggregation", "median",
+     "config.reward_model.aggregation='median'; expected one of ['last', 'mean', 'min', 'prod']"),
+    ("path", "/nonexistent/hf",
+     "config.reward_model.path='/nonexistent/hf': no config.json there; expected a reward_model "
+     "run's export"),
+    ("batch_size", 0, "config.reward_model.batch_size=0; expected a positive integer"),
+], ids=["granularity", "aggregation", "path", "batch_size"])
+def test_check_config_rejects_bad_reward_model_fields(field, value, message):
+  config = grpo_arith.get_config("runlocal")
+  grpo.check_config(config)  # the defaults: verifier rewards
+  config.reward_model[field] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    grpo.check_config(config)
+
+
+def test_make_scorer_picks_the_verifier_or_the_reward_model(checkpoints):
+  config = grpo_arith.get_config("runlocal")
+  task, tok = get_task("arithmetic", **config.task.knobs), tokenizers.load("synthetic")
+  assert isinstance(grpo.make_scorer(config, task, tok), scoring.Scorer)
+  config.reward_model.update({"path": checkpoints[1], "granularity": "orm", "batch_size": 8})
+  grpo.check_config(config)
+  scorer = grpo.make_scorer(config, task, tok)
+  assert isinstance(scorer, reward_model.RewardModelReward)
+  assert scorer.rm.granularity == "orm" and scorer.truth.weights == {"correctness": 1.0}
+
+
+def test_grpo_runlocal_with_a_reward_model_reports_true_accuracy(checkpoints, tmp_path):
+  """Two iterations from a random policy, rewarded by a random reward model, as a user runs it
+  (one CPU device): each step's metrics hold the reward model's mean reward and the verifier's
+  true accuracy, both in [0, 1], and no verifier reward."""
+  policy, rm = checkpoints
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = run_main("--config=configs/grpo_arith.py:runlocal", f"--config.init_from={policy}",
+                 f"--config.reward_model.path={rm}", "--config.reward_model.batch_size=8",
+                 "--config.steps=2", "--config.checkpoint_every=2",
+                 "--config.rollouts.prompts=4", "--config.rollouts.num_samples=2",
+                 "--config.rollouts.max_new_tokens=16", "--config.eval.num_problems=4",
+                 "--config.eval.num_samples=0", "--config.eval.k=1",
+                 "--config.eval.max_new_tokens=16", workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [r for r in read_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+          if "rollout_true_accuracy" in r]
+  assert [r["step"] for r in rows] == [1, 2]
+  for r in rows:
+    assert 0.0 <= r["rollout_reward_mean"] <= 1.0 and 0.0 <= r["rollout_true_accuracy"] <= 1.0
+    assert "rollout_reward_correctness" not in r and "rollout_verifier_errors" in r
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    assert "grpo_accuracy" in json.load(f)

@@ -42,23 +42,27 @@ def test_oracle_scores_steps_by_check_steps_and_the_answer_line_by_check_answer(
   assert 0 < flat.mean() < 1
 
 
-@pytest.mark.parametrize("granularity", ["prm", "orm"])
-def test_reward_model_scorer_matches_one_forward_pass_per_example(granularity):
+@pytest.mark.parametrize("granularity,score_answers", [("prm", False), ("orm", False),
+                                                       ("prm", True)])
+def test_reward_model_scorer_matches_one_forward_pass_per_example(granularity, score_answers):
   params = random_params(RM, 0)
   scorer = scorers.RewardModelScorer(models.Model(RM), params, TASK, TOK,
-                                     granularity=granularity, batch_size=4)
+                                     granularity=granularity, batch_size=4,
+                                     score_answers=score_answers)
   pairs = _solutions()
   got = scorer([p for p, _ in pairs], [s for _, s in pairs])
   model = models.Model(RM)
   forward = jax.jit(lambda p, x: model.apply({"params": p}, x, method=models.Model.score))
   for (problem, steps), s in zip(pairs, got):
     assert steps[-1].startswith("####")
-    # A PRM scores the reasoning steps it was trained on; the answer line repeats the last.
-    units = ["\n".join(steps)] if granularity == "orm" else steps[:-1]
+    # A PRM scores the reasoning steps it was trained on; the answer line repeats the last,
+    # unless it was trained on answer lines too.
+    units = (["\n".join(steps)] if granularity == "orm" else steps if score_answers
+             else steps[:-1])
     example = batching.prm_example(TOK, TASK.prompt(problem), units, [0.0] * len(units))
     logits = np.asarray(forward(params, example["inputs"][None])[0], np.float64)
     want = 1 / (1 + np.exp(-logits[example["step_mask"] > 0]))
-    if granularity == "prm":
+    if granularity == "prm" and not score_answers:
       want = np.append(want, want[-1])
     assert s.shape == (1 if granularity == "orm" else len(steps),)
     np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-6)

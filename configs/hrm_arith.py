@@ -1,0 +1,128 @@
+"""The Hierarchical Reward Model paper's mini reproduction on arithmetic chains, in one command.
+
+    python -m reasonjax.main --config=configs/hrm_arith.py --workdir=runs/hrm_mini \
+        --config.results_page=docs/results/hrm_mini.md
+    python -m reasonjax.main --config=configs/hrm_arith.py:runlocal --workdir=/tmp/hrm
+    ... --config=configs/hrm_arith.py:countdown       # the same on Countdown
+
+SFT policy (or `init_from`) -> full step trees -> HNC -> ORM, PRM, HRM, HRM+HNC -> best-of-N and
+step-level greedy search with each, majority vote and the oracle, 3 seeds -> first-error
+detection -> GRPO with each reward model as the only reward (reward hacking) -> self-training
+of the policy on reward-model-selected tree paths at two KL weights -> evaluation again. Each
+stage stores its output in the workdir and is skipped when present (programs/hrm.py).
+
+Args: `runlocal` (a few problems and steps of each stage, for tests), `countdown` (the
+Countdown task instead of arithmetic chains).
+"""
+
+import ml_collections
+
+from configs import common, grpo_arith, sft_arith
+
+
+def policy_sft(runlocal: bool, countdown: bool) -> ml_collections.ConfigDict:
+  """The starting policy: a quick SFT run that solves about half the problems greedily, so that
+  trees hold right and wrong paths (the full sft_arith config solves nearly all)."""
+  sft = sft_arith.nested(True)
+  if runlocal and not countdown:
+    return sft  # The tests' shared SFT start (sft_arith:runlocal) solves these.
+  if countdown:
+    sft.task.name = "countdown"
+    sft.task.knobs = {"num_numbers": 3, "max_number": 9, "max_target": 30}
+  else:
+    sft.task.knobs = {"min_steps": 2, "max_steps": 4, "max_operand": 9, "max_value": 30,
+                      "ops": "+-"}
+  if not runlocal:
+    sft.task.num_train = 6000
+    common.loop(sft, steps=800, batch_size=16, seq_len=128, learning_rate=3e-3,
+                warmup_steps=10, log_every=50, eval_every=0, checkpoint_every=200)
+  return sft
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = common.parse_arg(arg, runlocal=False, countdown=False)
+  config = ml_collections.ConfigDict()
+  config.trainer = "hrm"
+  config.name = "hrm_countdown" if arg.countdown else "hrm_arith"
+  sft = policy_sft(arg.runlocal, arg.countdown)
+  common.post_training(config, sft)
+  config.results_page = ""  # e.g. docs/results/hrm_mini.md (+ .json and .png beside it)
+
+  # Tree data: every open node gets num_children next steps, breadth-first, to max_depth; a low
+  # temperature, as the paper's data generation.
+  config.trees = ml_collections.ConfigDict({
+      "num_problems": 48, "num_children": 5, "max_depth": 5, "temperature": 0.7, "top_p": 1.0,
+      "max_step_tokens": 16, "batch_size": 64})
+  # Training nodes per level (search.tree_data.select_nodes) and HNC (tree_data.compress).
+  config.data = ml_collections.ConfigDict({
+      "fraction": 0.1, "single_score_count": 5, "hnc_min_children": 4,
+      "hnc_probability": 0.5})
+
+  # The reward models, all from the policy with a new score head, trained on tree records:
+  # orm (leaves, 0/1), prm (selected nodes, MC scores), hrm (+ merged last two steps),
+  # hrm_hnc (hrm records of the trees and of their HNC versions). label_kind: mse | bce.
+  rm = ml_collections.ConfigDict({
+      "names": ("orm", "prm", "hrm", "hrm_hnc"), "label_kind": "mse", "granularity": "prm",
+      "pack": True, "seed": 0, "model": config.model.to_dict()})
+  common.loop(rm, steps=300, batch_size=32, seq_len=128, learning_rate=3e-4, warmup_steps=20,
+              log_every=50, checkpoint_every=100)
+  config.reward_models = rm
+
+  # Best-of-N and step-level greedy search with each reward model, the oracle (the task's
+  # check_steps) and majority vote, on held-out problems, for each seed.
+  config.evaluation = ml_collections.ConfigDict({
+      "num_problems": 64, "seeds": (0, 1, 2), "n_values": (1, 2, 4, 8, 16, 32, 64),
+      "step_greedy_n_values": (1, 2, 4, 8, 16, 32, 64),
+      "aggregation": "min",  # a solution's score from its step scores (orm: always the last)
+      "temperature": 1.0, "top_p": 1.0, "max_step_tokens": 16, "max_steps": 6,
+      "max_new_tokens": 96, "batch_size": 64, "score_batch_size": 128})
+
+  # First wrong step (ProcessBench's metric) of PRM vs HRM against the task's check_steps, on
+  # the policy's own samples of held-out problems.
+  config.first_error = ml_collections.ConfigDict({
+      "num_problems": 200, "num_samples": 8, "threshold": 0.5,
+      "reward_models": ("prm", "hrm", "hrm_hnc")})
+
+  # Reward hacking: GRPO with a reward model's score as the only reward, for each model.
+  hacking = grpo_arith.get_config("runlocal")
+  hacking.sft = sft
+  hacking.task = ml_collections.ConfigDict(sft.task.to_dict())
+  grpo_arith.loop(hacking, steps=40, learning_rate=5e-5, warmup_steps=2, log_every=1,
+                  checkpoint_every=20)
+  hacking.eval = common.evaluation(num_problems=64, max_new_tokens=64, num_samples=0, k=1)
+  config.hacking = hacking
+  config.hacking_reward_models = ("orm", "prm", "hrm", "hrm_hnc")
+
+  # Self-training: SFT of the policy on the best tree path per problem by each reward model,
+  # with loss CE + kl_weight * log(1 + KL(start || policy)); the paper sweeps 0 .. 10.
+  st = sft_arith.nested(True)
+  st.task = ml_collections.ConfigDict(sft.task.to_dict())
+  common.loop(st, steps=100, batch_size=16, seq_len=128, learning_rate=3e-4,
+              warmup_steps=10, log_every=10, eval_every=0, checkpoint_every=50)
+  st.eval = common.evaluation(num_problems=200, max_new_tokens=64, num_samples=4, k=4)
+  config.self_training = st
+  config.self_training_reward_models = ("orm", "prm", "hrm", "hrm_hnc")
+  config.kl_weights = (0.5, 5.0)
+  config.paths_per_problem = 2  # the reward model's best correct-or-not leaf paths
+
+  if arg.runlocal:
+    # Four children, so that HNC (hnc_min_children 4) has nodes to move.
+    config.trees.update({"num_problems": 4, "num_children": 4, "max_depth": 3,
+                         "batch_size": 32})
+    common.loop(config.reward_models, steps=6, batch_size=8, seq_len=128, learning_rate=1e-3,
+                warmup_steps=1, log_every=2, checkpoint_every=6)
+    config.evaluation.update({"num_problems": 4, "seeds": (0, 1), "n_values": (1, 4),
+                              "step_greedy_n_values": (2,), "max_steps": 4,
+                              "max_new_tokens": 48, "batch_size": 16})
+    config.first_error.update({"num_problems": 6, "num_samples": 2})
+    grpo_arith.loop(config.hacking, steps=2, learning_rate=5e-5, warmup_steps=1, log_every=1,
+                    checkpoint_every=2)
+    config.hacking.eval = common.evaluation(num_problems=6, max_new_tokens=48, num_samples=0,
+                                            k=1)
+    config.hacking_reward_models = ("prm", "hrm")
+    common.loop(config.self_training, steps=4, batch_size=8, seq_len=128, learning_rate=3e-4,
+                warmup_steps=1, log_every=2, eval_every=0, checkpoint_every=4)
+    config.self_training.eval = common.evaluation(num_problems=6, max_new_tokens=48,
+                                                  num_samples=0, k=1)
+    config.self_training_reward_models = ("hrm",)
+  return config

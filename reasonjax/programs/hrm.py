@@ -1,0 +1,373 @@
+"""The Hierarchical Reward Model paper's pipeline (Wang et al. 2025, "Towards Hierarchical
+Multi-Step Reward Models for Enhanced Reasoning in Large Language Models"), one stage after the
+other, each stored in the workdir and skipped when present:
+
+    sft/hf                   the policy (`init_from`, or the nested SFT run)
+    trees.jsonl              full breadth-first step trees on training problems
+    trees_hnc.jsonl, hnc.json   their HNC versions; cost and label noise
+    records.json             reward-model records per model: orm, prm, hrm, hrm_hnc
+    rm_<name>/hf             each reward model (programs.reward_model.train)
+    evaluation.json          best-of-N / step-level greedy per scorer, majority vote, per seed
+    first_error.json         first wrong step detection of the step models vs check_steps
+    hack_<name>/             GRPO with the model's score as the reward (programs.grpo)
+    self_<name>_kl<w>/hf     the policy fine-tuned on the model's best tree paths
+    self_training.json       their evaluations
+    hrm.json, hrm.md         the tables; `config.results_page` (+ .json, .png) when set
+
+    python -m reasonjax.main --config=configs/hrm_arith.py --workdir=runs/hrm_mini
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shlex
+import sys
+import time
+
+import jax
+import numpy as np
+import tqdm
+from absl import logging
+
+from reasonjax import checkpoint, metrics as metrics_lib, models
+from reasonjax.data.tasks import Task
+from reasonjax.losses import reward
+from reasonjax.programs import grpo, hrm_report, reward_model, sft, stages
+from reasonjax.search import methods as methods_lib, process_bench, scorers, tree_data
+from reasonjax.search.policy import StepPolicy, sample_solutions, solution_steps
+from reasonjax.training import experiment, loop
+
+REWARD_MODELS = ("orm", "prm", "hrm", "hrm_hnc")
+SEARCHES = ("best_of_n", "step_greedy")
+
+
+def check_config(config) -> None:
+  """Raises ValueError naming a bad field before any work: reward model names, aggregation,
+  budgets, the nested runs' loop fields and label kind."""
+  stages.check_policy_source(config)
+  for field in ("reward_models.names", "first_error.reward_models", "hacking_reward_models",
+                "self_training_reward_models"):
+    names = config
+    for key in field.split("."):
+      names = names[key]
+    unknown = sorted(set(names) - set(REWARD_MODELS))
+    if unknown:
+      raise ValueError(f"config.{field} has unknown reward model(s) {unknown}; valid: "
+                       f"{list(REWARD_MODELS)}")
+    if field != "reward_models.names" and set(names) - set(config.reward_models.names):
+      raise ValueError(f"config.{field}={list(names)} uses models that "
+                       f"config.reward_models.names={list(config.reward_models.names)} does "
+                       "not train")
+  scorers.check_aggregation(config.evaluation.aggregation)
+  if config.reward_models.label_kind not in reward.LABEL_KINDS:
+    raise ValueError(f"config.reward_models.label_kind={config.reward_models.label_kind!r}; "
+                     f"expected one of {reward.LABEL_KINDS}")
+  for field in ("n_values", "step_greedy_n_values", "seeds"):
+    values = config.evaluation[field]
+    if not values or any(int(v) != v or v < (0 if field == "seeds" else 1) for v in values):
+      raise ValueError(f"config.evaluation.{field}={values!r}: expected "
+                       f"{'non-negative' if field == 'seeds' else 'positive'} integers")
+  if any(w < 0 for w in config.kl_weights):
+    raise ValueError(f"config.kl_weights={config.kl_weights!r}: expected weights >= 0")
+  if config.trees.num_children < 1 or config.trees.max_depth < 1:
+    raise ValueError("config.trees.num_children and max_depth must be >= 1")
+  loop.check_config(config.reward_models)
+
+
+def _policy(config, section, cfg, params, task: Task, tokenizer) -> StepPolicy:
+  return StepPolicy(models.Model(cfg), params, tokenizer, task, temperature=section.temperature,
+                    top_p=section.top_p, max_step_tokens=section.max_step_tokens,
+                    max_steps=section.get("max_steps", config.trees.max_depth),
+                    max_new_tokens=section.get("max_new_tokens", 128),
+                    batch_size=section.batch_size)
+
+
+def _trees(config, workdir, policy: StepPolicy, problems) -> tuple[list, list, dict]:
+  """Trees, their HNC versions and HNC's cost and noise, made once."""
+  path = os.path.join(workdir, "trees.jsonl")
+  if not os.path.isfile(path):
+    start = time.perf_counter()
+    trees = tree_data.grow(policy, problems, jax.random.key(config.seed + 11),
+                           num_children=config.trees.num_children,
+                           max_depth=config.trees.max_depth, progress="growing trees")
+    with open(os.path.join(workdir, "trees_info.json"), "w") as f:
+      json.dump({"seconds": time.perf_counter() - start}, f)
+    tree_data.save_trees(path, trees, ids=False)
+  trees = tree_data.load_trees(path)
+  hnc_path = os.path.join(workdir, "trees_hnc.jsonl")
+
+  def compress():
+    rng = np.random.default_rng(config.seed)
+    start = time.perf_counter()
+    out = [tree_data.compress(t, rng, min_children=config.data.hnc_min_children,
+                              probability=config.data.hnc_probability) for t in trees]
+    seconds = time.perf_counter() - start
+    tree_data.save_trees(hnc_path, [t for t, _ in out], ids=False)
+    nodes = sum(t.num_nodes for t in trees)
+    changed = sum(info["changed"] for _, info in out)
+    return {"seconds": seconds, "moved": sum(len(info["moved"]) for _, info in out),
+            "nodes": nodes, "label_noise": changed / max(nodes, 1)}
+
+  # hnc.json is written after trees_hnc.jsonl: when it is there, so are the trees.
+  info = stages.json_file(os.path.join(workdir, "hnc.json"), compress)
+  return trees, tree_data.load_trees(hnc_path), info
+
+
+def records(config, trees, hnc_trees) -> dict[str, list]:
+  """Each reward model's training records (`tree_data.StepExample` fields as lists)."""
+  rng = np.random.default_rng(config.seed)
+  select = dict(fraction=config.data.fraction,
+                single_score_count=config.data.single_score_count)
+
+  def chosen(tree):
+    scores = tree_data.mc_scores(tree)
+    return tree, tree_data.select_nodes(tree, scores, rng, **select), scores
+
+  plain = [chosen(t) for t in trees]
+  compressed = [chosen(t) for t in hnc_trees]
+  out = {
+      "orm": [r for t in trees for r in tree_data.orm_examples(t)],
+      "prm": [r for t, n, s in plain for r in tree_data.prm_examples(t, n, s)],
+      "hrm": [r for t, n, s in plain for r in tree_data.hrm_examples(t, n, s)],
+  }
+  out["hrm_hnc"] = tree_data.union(
+      out["hrm"], [r for t, n, s in compressed for r in tree_data.hrm_examples(t, n, s)])
+  return {name: [[r.problem, list(r.previous), r.current, r.label] for r in out[name]]
+          for name in config.reward_models.names}
+
+
+def _record(row) -> tree_data.StepExample:
+  problem, previous, current, label = row
+  return tree_data.StepExample(problem, tuple(previous), current, label)
+
+
+def _train_reward_models(config, workdir, policy_path, task, tokenizer, problems, rows
+                         ) -> dict[str, str]:
+  out = {}
+  for name in config.reward_models.names:
+    examples = [tree_data.to_example(tokenizer, task.prompt(problems[r[0]]), _record(r))
+                for r in rows[name]]
+    logging.info("reward model %s: %d records", name, len(examples))
+    out[name] = stages.nested(
+        lambda c, d, e=examples: reward_model.train(c, d, policy_path, e, tokenizer=tokenizer),
+        config.reward_models, os.path.join(workdir, f"rm_{name}"))
+  return out
+
+
+def _scorers(config, paths, task, tokenizer) -> dict[str, tuple]:
+  """name -> (scorer, aggregation): the oracle and each reward model (scored as trained: on
+  every step, answer lines included; orm by its last score)."""
+  out = {"oracle": (scorers.OracleScorer(task), config.evaluation.aggregation)}
+  for name, path in paths.items():
+    scorer = scorers.RewardModelScorer.load(path, task, tokenizer, granularity="prm",
+                                            batch_size=config.evaluation.score_batch_size,
+                                            score_answers=True)
+    out[name] = (scorer, "last" if name == "orm" else config.evaluation.aggregation)
+  return out
+
+
+def evaluate_search(config, policy: StepPolicy, problems, named_scorers, seed: int
+                    ) -> list[dict]:
+  """Rows {method, scorer, n, seed, accuracy, tokens_per_problem}: best-of-N and step-level
+  greedy with each scorer, majority vote; the whole-solution methods share one pool."""
+  e, task = config.evaluation, policy.task
+  rng = jax.random.key(seed)
+  pool = methods_lib.SolutionPool(policy, problems, jax.random.fold_in(rng, 1))
+  rows = []
+
+  def row(method, scorer_name, n, result):
+    correct = [task.check_answer(p, t) for p, t in zip(problems, result.texts)]
+    rows.append({"method": method, "scorer": scorer_name, "n": int(n), "seed": seed,
+                 "accuracy": float(np.mean(correct)),
+                 "tokens_per_problem": float(np.mean(result.tokens))})
+
+  vote = methods_lib.Search(policy, None, problems, rng, pool=pool)
+  for n in e.n_values:
+    row("majority_vote", "none", n, methods_lib.majority_vote(vote, int(n)))
+  todo = [(m, s, n) for s in named_scorers for m in SEARCHES
+          for n in (e.n_values if m == "best_of_n" else e.step_greedy_n_values)]
+  for method, name, n in tqdm.tqdm(todo, desc=f"search, seed {seed}"):
+    scorer, aggregation = named_scorers[name]
+    search = methods_lib.Search(policy, scorer, problems, rng, aggregation=aggregation,
+                                pool=pool)
+    row(method, name, n, methods_lib.get_method(method)(search, int(n)))
+  return rows
+
+
+def first_error(config, policy: StepPolicy, problems, named_scorers, rng) -> dict:
+  """First-wrong-step detection against check_steps, per step model: on all sampled solutions
+  and on those where a wrong step is followed by a right one (a corrected error)."""
+  f = config.first_error
+  texts, _ = sample_solutions(policy, problems, f.num_samples, rng)
+  task = policy.task
+  items = []
+  for problem, row in zip(problems, texts):
+    for text in row:
+      steps = solution_steps(task, text)
+      reasoning = [s for s in steps if not s.startswith("####")]
+      if not reasoning:
+        continue
+      check = task.check_steps(problem, reasoning).correct
+      gold = next((i for i, ok in enumerate(check) if not ok), -1)
+      corrected = gold >= 0 and any(check[gold + 1:])
+      items.append((problem, reasoning, gold, corrected))
+  out = {"solutions": len(items), "with_error": sum(g >= 0 for _, _, g, _ in items),
+         "corrected": sum(c for *_, c in items), "threshold": f.threshold, "models": {}}
+  for name in f.reward_models:
+    scorer, _ = named_scorers[name]
+    scores = scorer([p for p, *_ in items], [s for _, s, *_ in items])
+    predicted = [process_bench.first_error_prediction(s, f.threshold) for s in scores]
+    gold = [g for _, _, g, _ in items]
+    sub = [i for i, item in enumerate(items) if item[3]]
+    out["models"][name] = {
+        "all": process_bench.first_error_detection(predicted, gold),
+        "corrected": process_bench.first_error_detection([predicted[i] for i in sub],
+                                                         [gold[i] for i in sub])}
+  return out
+
+
+def hacking(config, workdir, policy_path, rm_paths) -> dict:
+  """GRPO runs with each reward model's score as the only reward: per iteration, the mean
+  reward and the true accuracy of the rollouts (from metrics.jsonl)."""
+  out = {}
+  for name in config.hacking_reward_models:
+    section = copy.deepcopy(config.hacking)
+    with section.unlocked():
+      section.init_from = policy_path
+      section.reward_model.path = rm_paths[name]
+      section.reward_model.score_answers = True
+      section.reward_model.aggregation = "last" if name == "orm" else (
+          config.evaluation.aggregation)
+    directory = os.path.join(workdir, f"hack_{name}")
+    stages.nested(grpo.run, section, directory)
+    curve = [{"step": r["step"], "reward": r["rollout_reward_mean"],
+              "true_accuracy": r["rollout_true_accuracy"]}
+             for r in metrics_lib.read_jsonl(os.path.join(directory, "metrics.jsonl"))
+             if "rollout_true_accuracy" in r]
+    with open(os.path.join(directory, "results.json")) as f:
+      results = json.load(f)
+    out[name] = {"curve": curve, "start": results.get("start", {}),
+                 "final": results.get("final", {})}
+  return out
+
+
+def best_paths(config, trees, problems, named_scorers) -> dict[str, list]:
+  """Per reward model, each tree's `paths_per_problem` best answer-ending leaf paths by the
+  model's solution score: [problem, solution text]."""
+  out = {}
+  for name in config.self_training_reward_models:
+    scorer, aggregation = named_scorers[name]
+    leaves = [(t.problem, t.path_steps(leaf)) for t in trees for leaf in t.leaves()
+              if t.kind[leaf] == "answer"]
+    scores = scorer([problems[p] for p, _ in leaves], [s for _, s in leaves])
+    by_problem: dict[int, list] = {}
+    for (p, steps), s in zip(leaves, scores):
+      by_problem.setdefault(p, []).append((scorers.aggregate(s, aggregation), steps))
+    out[name] = [[p, "\n".join(steps)] for p, ranked in sorted(by_problem.items())
+                 for _, steps in sorted(ranked, key=lambda x: -x[0])[:config.paths_per_problem]]
+  return out
+
+
+def self_training(config, workdir, policy_path, paths, problems) -> dict:
+  """Fine-tunes the policy on each reward model's paths at each KL weight; their evaluations."""
+  out = {}
+  for name, rows in paths.items():
+    for weight in config.kl_weights:
+      section = copy.deepcopy(config.self_training)
+      with section.unlocked():
+        section.init_from = policy_path
+        section.kl_weight = float(weight)
+      directory = os.path.join(workdir, f"self_{name}_kl{weight:g}")
+      examples = [(problems[p], text) for p, text in rows]
+      stages.nested(lambda c, d, ex=examples: sft.train_on(c, d, ex), section, directory)
+      with open(os.path.join(directory, "results.json")) as f:
+        out[f"{name}_kl{weight:g}"] = {"reward_model": name, "kl_weight": float(weight),
+                                        "examples": len(examples), **json.load(f)}
+  return out
+
+
+def run(config, workdir: str) -> dict:
+  """Every stage in order; returns the summary written to hrm.json."""
+  check_config(config)
+  if jax.process_count() > 1:
+    raise NotImplementedError("trainer hrm runs in one process (any number of local "
+                              f"devices); this job has {jax.process_count()} processes")
+  _check_settings(config, workdir)
+  task, tokenizer = experiment.task_and_tokenizer(config)
+  policy_path = stages.policy(config, workdir)
+  cfg, params = models.load(experiment.model_section(config, policy_path),
+                            jax.random.key(config.seed))
+  train_problems = task.generate(config.trees.num_problems, seed=config.seed + 1000,
+                                 split="train")
+  tree_policy = _policy(config, config.trees, cfg, params, task, tokenizer)
+  trees, hnc_trees, hnc = _trees(config, workdir, tree_policy, train_problems)
+  rows = stages.json_file(os.path.join(workdir, "records.json"),
+                          lambda: records(config, trees, hnc_trees))
+  rm_paths = _train_reward_models(config, workdir, policy_path, task, tokenizer,
+                                  train_problems, rows)
+  named = _scorers(config, rm_paths, task, tokenizer)
+  test_problems = task.generate(config.evaluation.num_problems, seed=config.seed,
+                                split="test")
+  eval_policy = _policy(config, config.evaluation, cfg, params, task, tokenizer)
+  evaluation = []
+  for seed in config.evaluation.seeds:
+    evaluation += stages.json_file(
+        os.path.join(workdir, f"evaluation_seed{seed}.json"),
+        lambda s=seed: evaluate_search(config, eval_policy, test_problems, named, int(s)))
+  errors = stages.json_file(
+      os.path.join(workdir, "first_error.json"),
+      lambda: first_error(config, eval_policy,
+                          task.generate(config.first_error.num_problems, seed=config.seed + 1,
+                                        split="test"),
+                          named, jax.random.key(config.seed + 7)))
+  hacked = hacking(config, workdir, policy_path, rm_paths)
+  paths = stages.json_file(os.path.join(workdir, "paths.json"),
+                           lambda: best_paths(config, trees, train_problems, named))
+  evaluate = experiment.evaluator(config.self_training, cfg, task, tokenizer)
+  start = stages.json_file(os.path.join(workdir, "self_training_start.json"),
+                           lambda: evaluate(params, jax.random.key(config.seed + 1)))
+  trained = self_training(config, workdir, policy_path, paths, train_problems)
+  summary = {"evaluation": evaluation, "first_error": errors, "hnc": hnc,
+             "records": {k: len(v) for k, v in rows.items()},
+             "trees": _tree_stats(trees, workdir), "hacking": hacked,
+             "self_training": trained, "self_training_start": start, "seeds": list(config.evaluation.seeds),
+             "config": json.loads(config.to_json_best_effort())}
+  page = hrm_report.page(summary, command=_command())
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "hrm.json"), "w") as f:
+      json.dump(summary, f, indent=2)
+    with open(os.path.join(workdir, "hrm.md"), "w") as f:
+      f.write(page)
+    if config.results_page:
+      hrm_report.write(config.results_page, summary, page)
+  print(page, flush=True)
+  return summary
+
+
+def _check_settings(config, workdir: str) -> None:
+  """Refuses a rerun with other settings: its stages would be skipped for outputs made under
+  the old ones. Only where the page is written may change."""
+  settings = json.loads(config.to_json_best_effort())
+  settings.pop("results_page", None)
+  path = os.path.join(workdir, "hrm_settings.json")
+  stored = stages.json_file(path, lambda: settings)
+  changes = checkpoint.config_changes(stored, settings)
+  if changes:
+    raise ValueError(f"{workdir} holds stages made with other settings ({'; '.join(changes)}): "
+                     "use a new --workdir, or delete the stages to redo (see programs/hrm.py)")
+
+
+def _tree_stats(trees, workdir) -> dict:
+  with open(os.path.join(workdir, "trees_info.json")) as f:
+    info = json.load(f)
+  leaves = [leaf for t in trees for leaf in t.leaves()]
+  correct = sum(t.correct[leaf] for t in trees for leaf in t.leaves())
+  return {"problems": len(trees), "nodes": sum(t.num_nodes for t in trees),
+          "leaves": len(leaves), "correct_leaves": int(correct),
+          "seconds": info["seconds"]}
+
+
+def _command() -> str:
+  return " ".join(["python -m reasonjax.main"] + [shlex.quote(a) for a in sys.argv[1:]])

@@ -1,0 +1,121 @@
+"""The HRM reproduction program: config checks, the claims' verdicts, and the runlocal run end to
+end (every method, scorer and N in the table; a rerun skips every stage)."""
+
+import json
+import os
+
+import pytest
+
+from configs import hrm_arith
+from reasonjax import programs
+from reasonjax.programs import hrm_report
+from tests.conftest import run_main
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"reward_models.names": ("prm", "xrm")}, r"reward_models.names has unknown reward"),
+    ({"reward_models.names": ("prm",)}, r"reward_models=.*uses models that .* does not train"),
+    ({"evaluation.aggregation": "max"}, r"unknown aggregation 'max'"),
+    ({"evaluation.n_values": (0, 2)}, r"evaluation.n_values=.*positive integers"),
+    ({"reward_models.label_kind": "hinge"}, r"label_kind='hinge'"),
+    ({"kl_weights": (-1.0,)}, r"kl_weights=.*>= 0"),
+])
+def test_bad_fields_fail_with_the_field_named(override, message):
+  config = hrm_arith.get_config("runlocal")
+  for key, value in override.items():
+    *path, last = key.split(".")
+    node = config
+    for k in path:
+      node = node[k]
+    node[last] = value
+  with pytest.raises(ValueError, match=message):
+    programs.check_config(config)
+
+
+def test_the_nested_runs_are_checked_too():
+  config = hrm_arith.get_config("runlocal")
+  config.hacking.aggregation = "mean"
+  with pytest.raises(ValueError, match=r"config.aggregation='mean'"):
+    programs.check_config(config)
+  config = hrm_arith.get_config("runlocal")
+  config.self_training.optimizer.learning_rate = float("nan")
+  with pytest.raises(ValueError, match="learning_rate"):
+    programs.check_config(config)
+
+
+def _summary(accuracies: dict, seeds=(0, 1, 2)) -> dict:
+  """A summary with best-of-N rows: accuracies[(scorer, n)] = one accuracy per seed."""
+  rows = [{"method": "best_of_n", "scorer": scorer, "n": n, "seed": s, "accuracy": a}
+          for (scorer, n), values in accuracies.items() for s, a in zip(seeds, values)]
+  return {"evaluation": rows, "seeds": list(seeds)}
+
+
+def test_claims_follow_the_stated_rule():
+  # PRM peaks at N=4 and falls by 0.2 with spreads of 0.01: "falls off"; HRM is flat.
+  acc = {("prm", 1): [0.5, 0.51, 0.49], ("prm", 4): [0.7, 0.71, 0.69],
+         ("prm", 16): [0.5, 0.51, 0.49], ("hrm", 1): [0.5, 0.5, 0.5],
+         ("hrm", 4): [0.6, 0.6, 0.6], ("hrm", 16): [0.6, 0.61, 0.59],
+         ("hrm_hnc", 1): [0.5, 0.5, 0.5], ("hrm_hnc", 4): [0.6, 0.6, 0.6],
+         ("hrm_hnc", 16): [0.4, 0.8, 0.6]}
+  verdicts = {claim: verdict for claim, verdict, _ in hrm_report.claims(_summary(acc))}
+  assert verdicts["PRM with best_of_n: accuracy as N grows"] == "falls off"
+  assert verdicts["HRM with best_of_n: accuracy as N grows"] == "stable"
+  # 0.6 vs 0.5 with spreads 0.01: holds. HNC: 0.6 vs 0.6 with a spread of 0.2: not resolved.
+  assert verdicts["HRM beats PRM with best_of_n at N=16"] == "holds"
+  assert verdicts["HNC data improves HRM with best_of_n at N=16"].startswith("not resolved")
+  acc[("hrm", 16)] = [0.3, 0.31, 0.29]
+  verdicts = {c: v for c, v, _ in hrm_report.claims(_summary(acc))}
+  assert verdicts["HRM beats PRM with best_of_n at N=16"] == "does not hold"
+  assert verdicts["HRM with best_of_n: accuracy as N grows"] == "falls off"
+  one = {k: v[:1] for k, v in acc.items()}
+  assert all(v.endswith("(one seed)") for _, v, _ in hrm_report.claims(_summary(one, (0,))))
+
+
+def test_hrm_arith_runlocal_writes_every_table_and_resumes(sft_workdir, tmp_path):
+  page = os.path.join(tmp_path, "page", "hrm.md")
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  flags = (f"--config.init_from={sft_workdir}/hf",)
+  out = run_main("--config=configs/hrm_arith.py:runlocal", *flags,
+                 f"--config.results_page={page}", workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  config = hrm_arith.get_config("runlocal")
+  e = config.evaluation
+  with open(os.path.join(tmp_path, "hrm.json")) as f:
+    summary = json.load(f)
+  got = {(r["method"], r["scorer"], r["n"], r["seed"]) for r in summary["evaluation"]}
+  scorers = ("oracle", *config.reward_models.names)
+  want = {("majority_vote", "none", n, s) for n in e.n_values for s in e.seeds}
+  want |= {("best_of_n", sc, n, s) for sc in scorers for n in e.n_values for s in e.seeds}
+  want |= {("step_greedy", sc, n, s) for sc in scorers for n in e.step_greedy_n_values
+           for s in e.seeds}
+  assert got == want
+  assert all(0 <= r["accuracy"] <= 1 for r in summary["evaluation"])
+  # Best-of-N with the oracle over nested pools never gets worse with N.
+  for s in e.seeds:
+    oracle = [r["accuracy"] for r in sorted(summary["evaluation"], key=lambda r: r["n"])
+              if (r["method"], r["scorer"], r["seed"]) == ("best_of_n", "oracle", s)]
+    assert oracle == sorted(oracle)
+  assert set(summary["first_error"]["models"]) == set(config.first_error.reward_models)
+  assert set(summary["hacking"]) == set(config.hacking_reward_models)
+  for hack in summary["hacking"].values():
+    assert len(hack["curve"]) == config.hacking.steps
+    assert all(0 <= p["reward"] <= 1 and 0 <= p["true_accuracy"] <= 1 for p in hack["curve"])
+  assert {(r["reward_model"], r["kl_weight"]) for r in summary["self_training"].values()} == {
+      (m, w) for m in config.self_training_reward_models for w in config.kl_weights}
+  assert summary["hnc"]["nodes"] == summary["trees"]["nodes"]
+  with open(page) as f:
+    text = f.read()
+  assert "--config=configs/hrm_arith.py:runlocal" in text and "| HRM+HNC |" in text
+  assert os.path.isfile(page[:-3] + ".json") and os.path.getsize(page[:-3] + ".png") > 1000
+  # A rerun finds every stage done: nothing is trained or grown again.
+  stamps = {p: os.path.getmtime(os.path.join(tmp_path, p))
+            for p in ("trees.jsonl", "rm_hrm/hf/model.safetensors", "evaluation_seed0.json")}
+  out = run_main("--config=configs/hrm_arith.py:runlocal", *flags, workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert stamps == {p: os.path.getmtime(os.path.join(tmp_path, p)) for p in stamps}
+  with open(os.path.join(tmp_path, "hrm.json")) as f:
+    assert json.load(f)["evaluation"] == summary["evaluation"]
+  # Other settings are refused, not mixed with these stages.
+  out = run_main("--config=configs/hrm_arith.py:runlocal", *flags,
+                 "--config.trees.num_children=2", workdir=tmp_path, env=env)
+  assert out.returncode != 0 and "trees.num_children: 4 -> 2" in out.stderr
