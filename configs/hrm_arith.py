@@ -39,6 +39,15 @@ def policy_sft(runlocal: bool, countdown: bool) -> ml_collections.ConfigDict:
   return sft
 
 
+def program(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A program's config as a nested run's template: without the fields the top level gives it
+  (programs.hrm.INHERITED) or that it does not use."""
+  for key in ("seed", "init_from", "tokenizer", "task", "model", "sft", "name"):
+    if key in config:
+      del config[key]
+  return config
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, runlocal=False, countdown=False)
   config = ml_collections.ConfigDict()
@@ -51,9 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Tree data: every open node gets num_children next steps, breadth-first, to max_depth; a low
   # temperature, as the paper's data generation (reference: 5 children, depth 5; 4 children
   # here keep a 2-core CPU's trees to about 1,400 nodes per 4-step problem, and every inner
-  # node still qualifies for HNC).
+  # node still qualifies for HNC). Many problems: reward models trained on the trees of 32
+  # problems learned those problems' answers and ranked held-out solutions worse than chance.
   config.trees = ml_collections.ConfigDict({
-      "num_problems": 32, "num_children": 4, "max_depth": 5, "temperature": 0.7, "top_p": 1.0,
+      "num_problems": 256, "num_children": 4, "max_depth": 5, "temperature": 0.7, "top_p": 1.0,
       "max_step_tokens": 16, "batch_size": 64})
   # Training nodes per level (search.tree_data.select_nodes) and HNC (tree_data.compress).
   config.data = ml_collections.ConfigDict({
@@ -63,10 +73,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # The reward models, all from the policy with a new score head, trained on tree records:
   # orm (leaves, 0/1), prm (selected nodes, MC scores), hrm (+ merged last two steps),
   # hrm_hnc (hrm records of the trees and of their HNC versions). label_kind: mse | bce.
+  # Nested runs take seed, init_from, tokenizer, task and model from the top level
+  # (programs.hrm.nested_config).
   rm = ml_collections.ConfigDict({
       "names": ("orm", "prm", "hrm", "hrm_hnc"), "label_kind": "mse", "granularity": "prm",
-      "pack": True, "seed": 0, "model": config.model.to_dict()})
-  common.loop(rm, steps=200, batch_size=32, seq_len=128, learning_rate=3e-4, warmup_steps=20,
+      "pack": True})
+  common.loop(rm, steps=400, batch_size=32, seq_len=128, learning_rate=3e-4, warmup_steps=20,
               log_every=50, checkpoint_every=100)
   config.reward_models = rm
 
@@ -77,19 +89,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       # N candidates per step for every step: beyond 16 a 2-core CPU spends most of the run here.
       "step_greedy_n_values": (1, 2, 4, 8, 16),
       "aggregation": "min",  # a solution's score from its step scores (orm: always the last)
-      "temperature": 1.0, "top_p": 1.0, "max_step_tokens": 16, "max_steps": 6,
+      "oracle": True,  # also search with the task's check_steps (tasks that have it)
+      # The trees' temperature: the reward models are judged on the kind of text they learned.
+      "temperature": 0.7, "top_p": 1.0, "max_step_tokens": 16, "max_steps": 6,
       "max_new_tokens": 96, "batch_size": 64, "score_batch_size": 128})
 
   # First wrong step (ProcessBench's metric) of PRM vs HRM against the task's check_steps, on
-  # the policy's own samples of held-out problems.
+  # the policy's own samples of held-out problems; no reward models: no such stage.
   config.first_error = ml_collections.ConfigDict({
       "num_problems": 200, "num_samples": 8, "threshold": 0.5,
       "reward_models": ("prm", "hrm", "hrm_hnc")})
 
   # Reward hacking: GRPO with a reward model's score as the only reward, for each model.
-  hacking = grpo_arith.get_config("runlocal")
-  hacking.sft = sft
-  hacking.task = ml_collections.ConfigDict(sft.task.to_dict())
+  hacking = program(grpo_arith.get_config("runlocal"))
   grpo_arith.loop(hacking, steps=40, learning_rate=5e-5, warmup_steps=2, log_every=1,
                   checkpoint_every=20)
   hacking.eval = common.evaluation(num_problems=64, max_new_tokens=64, num_samples=0, k=1)
@@ -98,8 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   # Self-training: SFT of the policy on the best tree path per problem by each reward model,
   # with loss CE + kl_weight * log(1 + KL(start || policy)); the paper sweeps 0 .. 10.
-  st = sft_arith.nested(True)
-  st.task = ml_collections.ConfigDict(sft.task.to_dict())
+  st = program(sft_arith.get_config("runlocal"))
   common.loop(st, steps=100, batch_size=16, seq_len=128, learning_rate=3e-4,
               warmup_steps=10, log_every=10, eval_every=0, checkpoint_every=50)
   st.eval = common.evaluation(num_problems=200, max_new_tokens=64, num_samples=4, k=4)

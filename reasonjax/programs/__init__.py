@@ -4,7 +4,8 @@ a program."""
 
 from collections.abc import Callable
 
-from reasonjax.programs import dpo, grpo, hrm, model_report, reward_model, search, sft
+from reasonjax.programs import (dpo, grpo, hrm, model_report, process_bench, reward_model,
+                                search, sft)
 from reasonjax.training import loop
 
 PROGRAMS: dict[str, Callable] = {
@@ -15,6 +16,7 @@ PROGRAMS: dict[str, Callable] = {
     "grpo": grpo.run,
     "search": search.run,
     "hrm": hrm.run,
+    "process_bench": process_bench.run,
 }
 
 
@@ -28,16 +30,15 @@ def get(name: str) -> Callable:
 def check_config(config) -> None:
   """Validates a config before any work, so that a bad value fails at start and not after a
   nested SFT run and sampling: the loop's fields, the program's own (`CHECKS`), and those of
-  nested runs (`config.sft`, and any other section with a `trainer` field). Raises ValueError
-  naming the field and the valid values."""
+  nested SFT run (`config.sft`; a program with other nested runs checks them in its CHECKS).
+  Raises ValueError naming the field and the valid values."""
   get(config.trainer)
   if "checkpoint_every" in config:  # A program that runs `loop.train`.
     loop.check_config(config)
   if config.trainer in CHECKS:
     CHECKS[config.trainer](config)
-  for key, value in config.items():
-    if key == "sft" and value is not None or hasattr(value, "keys") and "trainer" in value:
-      check_config(value)
+  if "sft" in config and config.sft is not None:
+    check_config(config.sft)
 
 
 # Each program's check of its name-valued fields (loss, aggregation, rewards, ...).
@@ -48,6 +49,7 @@ CHECKS: dict[str, Callable] = {
     "grpo": grpo.check_config,
     "search": search.check_config,
     "hrm": hrm.check_config,
+    "process_bench": process_bench.check_config,
 }
 
 __all__ = ["CHECKS", "PROGRAMS", "check_config", "get"]

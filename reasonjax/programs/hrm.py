@@ -41,6 +41,26 @@ from reasonjax.training import experiment, loop
 
 REWARD_MODELS = ("orm", "prm", "hrm", "hrm_hnc")
 SEARCHES = ("best_of_n", "step_greedy")
+# What the nested runs (reward_models, hacking, self_training) take from the top-level config.
+INHERITED = ("seed", "init_from", "tokenizer", "task", "model")
+
+
+def nested_config(config, name: str, policy: str | None = None):
+  """The config of the nested run `config[name]`, with the top level's INHERITED fields, and
+  `policy` (a Hugging Face folder) as its init_from; without one, the top level's policy source
+  (init_from or the nested SFT run), as `check_config` sees it before the policy exists."""
+  section = copy.deepcopy(config[name])
+  with section.unlocked():
+    for key in INHERITED:
+      value = config[key]
+      section[key] = copy.deepcopy(value) if hasattr(value, "keys") else value
+    if policy is None:
+      section.sft = config.get("sft")
+      if not config.init_from and section.sft is not None:
+        section.model = copy.deepcopy(section.sft.model)  # The policy-to-be's architecture.
+    else:
+      section.init_from, section.sft = policy, None
+  return section
 
 
 def check_config(config) -> None:
@@ -74,6 +94,13 @@ def check_config(config) -> None:
   if config.trees.num_children < 1 or config.trees.max_depth < 1:
     raise ValueError("config.trees.num_children and max_depth must be >= 1")
   loop.check_config(config.reward_models)
+  for name, program in (("hacking", grpo), ("self_training", sft)):
+    try:
+      nested = nested_config(config, name)
+      loop.check_config(nested)
+      program.check_config(nested)
+    except ValueError as e:
+      raise ValueError(f"config.{name} (a nested {name} run): {e}") from None
 
 
 def _policy(config, section, cfg, params, task: Task, tokenizer) -> StepPolicy:
@@ -152,14 +179,16 @@ def _train_reward_models(config, workdir, policy_path, task, tokenizer, problems
     logging.info("reward model %s: %d records", name, len(examples))
     out[name] = stages.nested(
         lambda c, d, e=examples: reward_model.train(c, d, policy_path, e, tokenizer=tokenizer),
-        config.reward_models, os.path.join(workdir, f"rm_{name}"))
+        nested_config(config, "reward_models", policy_path), os.path.join(workdir, f"rm_{name}"))
   return out
 
 
 def _scorers(config, paths, task, tokenizer) -> dict[str, tuple]:
   """name -> (scorer, aggregation): the oracle and each reward model (scored as trained: on
   every step, answer lines included; orm by its last score)."""
-  out = {"oracle": (scorers.OracleScorer(task), config.evaluation.aggregation)}
+  out = {}
+  if config.evaluation.oracle:
+    out["oracle"] = (scorers.OracleScorer(task), config.evaluation.aggregation)
   for name, path in paths.items():
     scorer = scorers.RewardModelScorer.load(path, task, tokenizer, granularity="prm",
                                             batch_size=config.evaluation.score_batch_size,
@@ -200,6 +229,8 @@ def first_error(config, policy: StepPolicy, problems, named_scorers, rng) -> dic
   """First-wrong-step detection against check_steps, per step model: on all sampled solutions
   and on those where a wrong step is followed by a right one (a corrected error)."""
   f = config.first_error
+  if not f.reward_models:
+    return {}
   texts, _ = sample_solutions(policy, problems, f.num_samples, rng)
   task = policy.task
   items = []
@@ -233,9 +264,8 @@ def hacking(config, workdir, policy_path, rm_paths) -> dict:
   reward and the true accuracy of the rollouts (from metrics.jsonl)."""
   out = {}
   for name in config.hacking_reward_models:
-    section = copy.deepcopy(config.hacking)
+    section = nested_config(config, "hacking", policy_path)
     with section.unlocked():
-      section.init_from = policy_path
       section.reward_model.path = rm_paths[name]
       section.reward_model.score_answers = True
       section.reward_model.aggregation = "last" if name == "orm" else (
@@ -254,19 +284,20 @@ def hacking(config, workdir, policy_path, rm_paths) -> dict:
 
 
 def best_paths(config, trees, problems, named_scorers) -> dict[str, list]:
-  """Per reward model, each tree's `paths_per_problem` best answer-ending leaf paths by the
-  model's solution score: [problem, solution text]."""
+  """Per reward model, each tree's `paths_per_problem` best leaf paths by the model's solution
+  score, paths that end in an answer first: [problem, solution text]."""
   out = {}
+  leaves = [(t.problem, t.path_steps(leaf), t.kind[leaf] == "answer") for t in trees
+            for leaf in t.leaves()]
   for name in config.self_training_reward_models:
     scorer, aggregation = named_scorers[name]
-    leaves = [(t.problem, t.path_steps(leaf)) for t in trees for leaf in t.leaves()
-              if t.kind[leaf] == "answer"]
-    scores = scorer([problems[p] for p, _ in leaves], [s for _, s in leaves])
+    scores = scorer([problems[p] for p, _, _ in leaves], [s for _, s, _ in leaves])
     by_problem: dict[int, list] = {}
-    for (p, steps), s in zip(leaves, scores):
-      by_problem.setdefault(p, []).append((scorers.aggregate(s, aggregation), steps))
+    for (p, steps, answered), s in zip(leaves, scores):
+      by_problem.setdefault(p, []).append(((answered, scorers.aggregate(s, aggregation)), steps))
     out[name] = [[p, "\n".join(steps)] for p, ranked in sorted(by_problem.items())
-                 for _, steps in sorted(ranked, key=lambda x: -x[0])[:config.paths_per_problem]]
+                 for _, steps in sorted(ranked, key=lambda x: x[0],
+                                        reverse=True)[:config.paths_per_problem]]
   return out
 
 
@@ -275,9 +306,8 @@ def self_training(config, workdir, policy_path, paths, problems) -> dict:
   out = {}
   for name, rows in paths.items():
     for weight in config.kl_weights:
-      section = copy.deepcopy(config.self_training)
+      section = nested_config(config, "self_training", policy_path)
       with section.unlocked():
-        section.init_from = policy_path
         section.kl_weight = float(weight)
       directory = os.path.join(workdir, f"self_{name}_kl{weight:g}")
       examples = [(problems[p], text) for p, text in rows]
@@ -325,7 +355,8 @@ def run(config, workdir: str) -> dict:
   hacked = hacking(config, workdir, policy_path, rm_paths)
   paths = stages.json_file(os.path.join(workdir, "paths.json"),
                            lambda: best_paths(config, trees, train_problems, named))
-  evaluate = experiment.evaluator(config.self_training, cfg, task, tokenizer)
+  evaluate = experiment.evaluator(nested_config(config, "self_training", policy_path), cfg,
+                                  task, tokenizer)
   start = stages.json_file(os.path.join(workdir, "self_training_start.json"),
                            lambda: evaluate(params, jax.random.key(config.seed + 1)))
   trained = self_training(config, workdir, policy_path, paths, train_problems)

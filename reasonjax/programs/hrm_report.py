@@ -126,13 +126,13 @@ def page(summary: dict, *, command: str) -> str:
       accuracy_table(summary["evaluation"], "step_greedy"), "",
   ]
   fe = summary["first_error"]
-  lines += ["## First wrong step (against check_steps)", "",
+  lines += [] if not fe else ["## First wrong step (against check_steps)", "",
             f"{fe['solutions']} sampled solutions, {fe['with_error']} with a wrong step, "
             f"{fe['corrected']} of them with a later right step (a corrected error); a "
             f"model's first step scored below {fe['threshold']} is its prediction.", "",
             "| model | precision | recall | F1 | on corrected: precision | recall | F1 |",
             "|---|---|---|---|---|---|---|"]
-  for name, m in fe["models"].items():
+  for name, m in fe.get("models", {}).items():
     a, b = m["all"], m["corrected"]
     lines.append(f"| {NAMES[name]} | {a['precision']:.3f} | {a['recall']:.3f} | {a['f1']:.3f} "
                  f"| {b['precision']:.3f} | {b['recall']:.3f} | {b['f1']:.3f} |")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from configs import grpo_gsm8k, sft_gsm8k
+from configs import grpo_gsm8k, hrm_gsm8k, sft_gsm8k
 from reasonjax import programs
 from reasonjax.data import tokenizers
 from reasonjax.metrics import read_jsonl
@@ -70,8 +70,29 @@ def test_grpo_gsm8k_runlocal_trains_from_the_checkpoint(gsm8k_checkpoint, tmp_pa
   assert not os.path.exists(os.path.join(tmp_path, "sft"))  # no nested SFT run
 
 
+def test_hrm_gsm8k_runlocal_runs_every_stage_from_the_checkpoint(gsm8k_checkpoint, tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  result = run_main(
+      "--config=configs/hrm_gsm8k.py:runlocal", f"--config.init_from={gsm8k_checkpoint}",
+      f"--config.tokenizer={gsm8k_checkpoint}",
+      f"--config.task.knobs.train_path={os.path.join(GSM8K_DIR, 'train.jsonl')}",
+      f"--config.task.knobs.test_path={os.path.join(GSM8K_DIR, 'test.jsonl')}",
+      workdir=tmp_path, env=env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(tmp_path, "hrm.json")) as f:
+    summary = json.load(f)
+  config = hrm_gsm8k.get_config("runlocal")
+  scorers = {r["scorer"] for r in summary["evaluation"]}
+  assert scorers == {"none", *config.reward_models.names}  # no oracle: no step ground truth
+  assert summary["first_error"] == {} and set(summary["hacking"]) == {"hrm"}
+  assert not os.path.exists(os.path.join(tmp_path, "sft"))  # the checkpoint is the policy
+  for name in config.reward_models.names:  # each reward model started from the checkpoint
+    assert os.path.isfile(os.path.join(tmp_path, f"rm_{name}", "hf", "tokenizer_config.json"))
+
+
 def test_without_init_from_the_run_says_what_to_set(tmp_path):
-  for config in (sft_gsm8k.get_config("runlocal"), grpo_gsm8k.get_config("runlocal")):
+  for config in (sft_gsm8k.get_config("runlocal"), grpo_gsm8k.get_config("runlocal"),
+                 hrm_gsm8k.get_config("runlocal")):
     with pytest.raises(ValueError, match="config.init_from is empty .* set --config.init_from"):
       programs.get(config.trainer)(config, str(tmp_path))
 
