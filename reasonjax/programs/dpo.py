@@ -130,8 +130,7 @@ def run(config, workdir: str) -> dict:
   """Samples pairs from the policy, trains, evaluates; returns the final evaluation metrics."""
   check_config(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = stages.policy(config, workdir)
-  cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
+  path, cfg, params = stages.load_policy(config, workdir)
   model = models.Model(cfg)
   pairs = _pairs(config, workdir, model, params, task, tokenizer)
   examples = [batching.preference_example(tokenizer, p["prompt"], p["chosen"], p["rejected"])

@@ -264,14 +264,9 @@ def make_scorer(config, task: Task, tokenizer):
 def run(config, workdir: str) -> dict:
   """Evaluates the starting policy, trains with GRPO, evaluates; returns the results."""
   check_config(config)
-  if jax.process_count() > 1:
-    # Every process would sample the same prompts, and pass its host-local prompt block to a
-    # program that reads it as one global array.
-    raise NotImplementedError("trainer grpo runs in one process (one host, any number of local "
-                              f"devices); this job has {jax.process_count()} processes")
+  stages.single_process("grpo")
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = stages.policy(config, workdir)
-  cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
+  _, cfg, params = stages.load_policy(config, workdir)
   model = models.Model(cfg)
   evaluate = experiment.evaluator(config, cfg, task, tokenizer)
   start_path = os.path.join(workdir, "start_eval.json")

@@ -321,14 +321,10 @@ def self_training(config, workdir, policy_path, paths, problems) -> dict:
 def run(config, workdir: str) -> dict:
   """Every stage in order; returns the summary written to hrm.json."""
   check_config(config)
-  if jax.process_count() > 1:
-    raise NotImplementedError("trainer hrm runs in one process (any number of local "
-                              f"devices); this job has {jax.process_count()} processes")
+  stages.single_process("hrm")
   _check_settings(config, workdir)
   task, tokenizer = experiment.task_and_tokenizer(config)
-  policy_path = stages.policy(config, workdir)
-  cfg, params = models.load(experiment.model_section(config, policy_path),
-                            jax.random.key(config.seed))
+  policy_path, cfg, params = stages.load_policy(config, workdir)
   train_problems = task.generate(config.trees.num_problems, seed=config.seed + 1000,
                                  split="train")
   tree_policy = _policy(config, config.trees, cfg, params, task, tokenizer)

@@ -76,19 +76,16 @@ def claims(summary: dict) -> list[tuple[str, str, str]]:
                   verdict, f"peak {at(method, scorer, peak_n)[0]:.3f} at N={peak_n}, "
                   f"{at(method, scorer, top)[0]:.3f} at N={top} (drop {drop:.3f}, spread "
                   f"{spread:.3f})"))
-    gap, spread = differ(at(method, "hrm", top), at(method, "prm", top))
-    out.append((f"HRM beats PRM with {method} at N={top}",
-                "holds" if gap > spread else "does not hold" if gap < -spread else
-                "not resolved (within the spread)",
-                f"HRM {at(method, 'hrm', top)[0]:.3f} vs PRM {at(method, 'prm', top)[0]:.3f} "
-                f"(spread {spread:.3f})"))
-    if (method, "hrm_hnc") in c:
-      gap, spread = differ(at(method, "hrm_hnc", top), at(method, "hrm", top))
-      out.append((f"HNC data improves HRM with {method} at N={top}",
+    for better, worse, claim in (("hrm", "prm", "HRM beats PRM"),
+                                 ("hrm_hnc", "hrm", "HNC data improves HRM")):
+      if (method, better) not in c:
+        continue
+      gap, spread = differ(at(method, better, top), at(method, worse, top))
+      out.append((f"{claim} with {method} at N={top}",
                   "holds" if gap > spread else "does not hold" if gap < -spread else
                   "not resolved (within the spread)",
-                  f"HRM+HNC {at(method, 'hrm_hnc', top)[0]:.3f} vs HRM "
-                  f"{at(method, 'hrm', top)[0]:.3f} (spread {spread:.3f})"))
+                  f"{NAMES[better]} {at(method, better, top)[0]:.3f} vs {NAMES[worse]} "
+                  f"{at(method, worse, top)[0]:.3f} (spread {spread:.3f})"))
   start = summary.get("self_training_start", {}).get("accuracy")
   for key, row in summary.get("self_training", {}).items():
     if start is None or "accuracy" not in row:

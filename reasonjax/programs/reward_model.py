@@ -162,9 +162,7 @@ def run(config, workdir: str) -> dict:
   """Labels policy samples, trains the reward model, evaluates; returns the final metrics."""
   check_config(config)
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = stages.policy(config, workdir)
-  policy_cfg, policy_params = models.load(experiment.model_section(config, path),
-                                          jax.random.key(config.seed))
+  path, policy_cfg, policy_params = stages.load_policy(config, workdir)
   data = {split: _samples(config, workdir, task, tokenizer, policy_cfg, policy_params, split)
           for split in ("train", "test")}
   del policy_params

@@ -75,14 +75,9 @@ def table(rows: list[dict], scorer: str) -> str:
 def run(config, workdir: str) -> dict:
   """Runs every (method, N); returns {"rows": [...], "scorer": ...} as written to search.json."""
   check_config(config)
-  if jax.process_count() > 1:
-    # Each process would grow the same trees; splitting problems over processes is the
-    # scale-out issue's work.
-    raise NotImplementedError("trainer search runs in one process (any number of local "
-                              f"devices); this job has {jax.process_count()} processes")
+  stages.single_process("search")
   task, tokenizer = experiment.task_and_tokenizer(config)
-  path = stages.policy(config, workdir)
-  cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
+  path, cfg, params = stages.load_policy(config, workdir)
   s = config.search
   policy = StepPolicy(models.Model(cfg), params, tokenizer, task, temperature=s.temperature,
                       top_p=s.top_p, max_step_tokens=s.max_step_tokens, max_steps=s.max_steps,

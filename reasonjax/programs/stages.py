@@ -1,7 +1,7 @@
 """The reusable stages programs are composed of, each storing its output in the workdir and
 skipped when that output is present, so an interrupted program continues where it stopped.
 
-    path = stages.policy(config, workdir)                    # init_from, or a nested SFT run
+    path, cfg, params = stages.load_policy(config, workdir)  # init_from, or a nested SFT run
     trees = stages.json_file(f"{workdir}/trees.json", grow)  # made once, then read back
     hf = stages.nested(reward_model.run, rm_config, f"{workdir}/prm")  # a trained export
 
@@ -17,9 +17,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import jax
 from absl import logging
 
+from reasonjax import models
 from reasonjax.programs import sft
+from reasonjax.training import experiment
 from reasonjax.training.experiment import HF_DIR
 
 
@@ -76,3 +79,20 @@ def policy(config, workdir: str) -> str:
   if config.init_from:
     return config.init_from
   return nested(sft.run, config.sft, os.path.join(workdir, "sft"))
+
+
+def load_policy(config, workdir: str):
+  """(path, cfg, params) of the starting policy (`policy`), with `config.model`'s runtime
+  fields."""
+  path = policy(config, workdir)
+  cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
+  return path, cfg, params
+
+
+def single_process(program: str) -> None:
+  """Raises NotImplementedError in a job of several processes: each would do the same host
+  work on the same problems, and pass its host-local block to programs that read it as one
+  global array (splitting problems over processes is the scale-out work)."""
+  if jax.process_count() > 1:
+    raise NotImplementedError(f"trainer {program} runs in one process (any number of local "
+                              f"devices); this job has {jax.process_count()} processes")
