@@ -154,10 +154,12 @@ def records(config, trees, hnc_trees) -> dict[str, list]:
 
   plain = [chosen(t) for t in trees]
   compressed = [chosen(t) for t in hnc_trees]
+  # Each set without duplicates (a step sampled twice from one parent gives identical records),
+  # so that HRM+HNC, the union of two HRM sets, is compared with sets built the same way.
   out = {
-      "orm": [r for t in trees for r in tree_data.orm_examples(t)],
-      "prm": [r for t, n, s in plain for r in tree_data.prm_examples(t, n, s)],
-      "hrm": [r for t, n, s in plain for r in tree_data.hrm_examples(t, n, s)],
+      "orm": tree_data.union([r for t in trees for r in tree_data.orm_examples(t)]),
+      "prm": tree_data.union([r for t, n, s in plain for r in tree_data.prm_examples(t, n, s)]),
+      "hrm": tree_data.union([r for t, n, s in plain for r in tree_data.hrm_examples(t, n, s)]),
   }
   out["hrm_hnc"] = tree_data.union(
       out["hrm"], [r for t, n, s in compressed for r in tree_data.hrm_examples(t, n, s)])
