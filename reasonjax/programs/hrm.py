@@ -2,16 +2,18 @@
 Multi-Step Reward Models for Enhanced Reasoning in Large Language Models"), one stage after the
 other, each stored in the workdir and skipped when present:
 
+    hrm_settings.json        the settings the stages were made with (a rerun must match)
     sft/hf                   the policy (`init_from`, or the nested SFT run)
-    trees.jsonl              full breadth-first step trees on training problems
-    trees_hnc.jsonl, hnc.json   their HNC versions; cost and label noise
+    trees.jsonl, trees_info.json    full breadth-first step trees on training problems
+    trees_hnc.jsonl, hnc.json       their HNC versions; its cost and label noise
     records.json             reward-model records per model: orm, prm, hrm, hrm_hnc
     rm_<name>/hf             each reward model (programs.reward_model.train)
-    evaluation.json          best-of-N / step-level greedy per scorer, majority vote, per seed
+    evaluation_seed<s>.json  best-of-N / step-level greedy per scorer, majority vote
     first_error.json         first wrong step detection of the step models vs check_steps
     hack_<name>/             GRPO with the model's score as the reward (programs.grpo)
-    self_<name>_kl<w>/hf     the policy fine-tuned on the model's best tree paths
-    self_training.json       their evaluations
+    paths.json               each reward model's best tree paths per problem
+    self_training_start.json, self_<name>_kl<w>/    the policy's evaluation before and after
+                             fine-tuning on those paths
     hrm.json, hrm.md         the tables; `config.results_page` (+ .json, .png) when set
 
     python -m reasonjax.main --config=configs/hrm_arith.py --workdir=runs/hrm_mini
@@ -36,7 +38,7 @@ from reasonjax.data.tasks import Task
 from reasonjax.losses import reward
 from reasonjax.programs import grpo, hrm_report, reward_model, sft, stages
 from reasonjax.search import methods as methods_lib, process_bench, scorers, tree_data
-from reasonjax.search.policy import StepPolicy, sample_solutions, solution_steps
+from reasonjax.search.policy import StepPolicy, is_answer, sample_solutions, solution_steps
 from reasonjax.training import experiment, loop
 
 REWARD_MODELS = ("orm", "prm", "hrm", "hrm_hnc")
@@ -174,15 +176,18 @@ def _record(row) -> tree_data.StepExample:
 
 def _train_reward_models(config, workdir, policy_path, task, tokenizer, problems, rows
                          ) -> dict[str, str]:
-  out = {}
-  for name in config.reward_models.names:
+  """name -> the export of each reward model, trained on its records unless it is there."""
+
+  def train(c, d, name):
     examples = [tree_data.to_example(tokenizer, task.prompt(problems[r[0]]), _record(r))
                 for r in rows[name]]
     logging.info("reward model %s: %d records", name, len(examples))
-    out[name] = stages.nested(
-        lambda c, d, e=examples: reward_model.train(c, d, policy_path, e, tokenizer=tokenizer),
-        nested_config(config, "reward_models", policy_path), os.path.join(workdir, f"rm_{name}"))
-  return out
+    return reward_model.train(c, d, policy_path, examples, tokenizer=tokenizer)
+
+  return {name: stages.nested(lambda c, d, name=name: train(c, d, name),
+                               nested_config(config, "reward_models", policy_path),
+                               os.path.join(workdir, f"rm_{name}"))
+          for name in config.reward_models.names}
 
 
 def _scorers(config, paths, task, tokenizer) -> dict[str, tuple]:
@@ -239,7 +244,7 @@ def first_error(config, policy: StepPolicy, problems, named_scorers, rng) -> dic
   for problem, row in zip(problems, texts):
     for text in row:
       steps = solution_steps(task, text)
-      reasoning = [s for s in steps if not s.startswith("####")]
+      reasoning = [s for s in steps if not is_answer(s)]
       if not reasoning:
         continue
       check = task.check_steps(problem, reasoning).correct
@@ -289,11 +294,12 @@ def best_paths(config, trees, problems, named_scorers) -> dict[str, list]:
   """Per reward model, each tree's `paths_per_problem` best leaf paths by the model's solution
   score, paths that end in an answer first: [problem, solution text]."""
   out = {}
-  leaves = [(t.problem, t.path_steps(leaf), t.kind[leaf] == "answer") for t in trees
-            for leaf in t.leaves()]
+  # Each distinct path once: siblings sampled alike share a path.
+  leaves = list(dict.fromkeys((t.problem, tuple(t.path_steps(leaf)), t.kind[leaf] == "answer")
+                              for t in trees for leaf in t.leaves()))
   for name in config.self_training_reward_models:
     scorer, aggregation = named_scorers[name]
-    scores = scorer([problems[p] for p, _, _ in leaves], [s for _, s, _ in leaves])
+    scores = scorer([problems[p] for p, _, _ in leaves], [list(s) for _, s, _ in leaves])
     by_problem: dict[int, list] = {}
     for (p, steps, answered), s in zip(leaves, scores):
       by_problem.setdefault(p, []).append(((answered, scorers.aggregate(s, aggregation)), steps))

@@ -4,12 +4,15 @@ end (every method, scorer and N in the table; a rerun skips every stage)."""
 import json
 import os
 
+import numpy as np
 import pytest
 
 from configs import hrm_arith
 from reasonjax import programs
-from reasonjax.programs import hrm_report
+from reasonjax.programs import hrm, hrm_report
+from reasonjax.search import tree_data
 from tests.conftest import run_main
+from tests.search.test_tree_data import HNC_TREE, A, X, make_tree
 
 
 @pytest.mark.parametrize("override,message", [
@@ -41,6 +44,44 @@ def test_the_nested_runs_are_checked_too():
   config.self_training.optimizer.learning_rate = float("nan")
   with pytest.raises(ValueError, match="learning_rate"):
     programs.check_config(config)
+
+
+def test_records_have_no_duplicates_and_hnc_adds_to_hrm():
+  # Two identical siblings (the same step sampled twice) give identical records.
+  twins = make_tree([(0, "a", X, False), (0, "a", X, False), (1, "#### 1", A, True),
+                     (2, "#### 1", A, True)], problem=1)
+  config = hrm_arith.get_config("runlocal")
+  compressed = [tree_data.compress(t, np.random.default_rng(0), probability=1.0)[0]
+                for t in (twins, HNC_TREE)]
+  rows = hrm.records(config, [twins, HNC_TREE], compressed)
+  for name, records in rows.items():
+    keys = [json.dumps(r) for r in records]
+    assert len(keys) == len(set(keys)), name
+  hrm_keys = {json.dumps(r) for r in rows["hrm"]}
+  hnc_keys = {json.dumps(r) for r in rows["hrm_hnc"]}
+  assert hrm_keys < hnc_keys  # HNC's merged steps add records that the plain trees lack
+  orm = [r for r in rows["orm"] if r[0] == 1]
+  assert orm == [[1, ["a"], "#### 1", 1.0]]  # the twins' two leaves: one record
+
+
+class _ByLength:
+  """A scorer whose step scores are 1 / (number of steps): shorter paths score higher."""
+
+  def __call__(self, problems, solutions):
+    return [np.full(len(s), 1.0 / len(s)) for s in solutions]
+
+
+def test_best_paths_prefer_answers_then_the_scorer():
+  tree = make_tree([(0, "a", X, False), (0, "b", "depth", False), (1, "#### 1", A, True)])
+  config = hrm_arith.get_config("runlocal")
+  config.paths_per_problem = 1
+  config.self_training_reward_models = ("hrm",)
+  paths = hrm.best_paths(config, [tree], ["p"], {"hrm": (_ByLength(), "min")})
+  # "b" alone scores 1.0 against 0.5, but ends in no answer.
+  assert paths == {"hrm": [[0, "a\n#### 1"]]}
+  config.paths_per_problem = 2
+  paths = hrm.best_paths(config, [tree], ["p"], {"hrm": (_ByLength(), "min")})
+  assert paths == {"hrm": [[0, "a\n#### 1"], [0, "b"]]}
 
 
 def _summary(accuracies: dict, seeds=(0, 1, 2)) -> dict:
