@@ -61,9 +61,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # temperature, as the paper's data generation (reference: 5 children, depth 5; 4 children
   # here keep a 2-core CPU's trees to about 1,400 nodes per 4-step problem, and every inner
   # node still qualifies for HNC). Many problems: reward models trained on the trees of 32
-  # problems learned those problems' answers and ranked held-out solutions worse than chance.
+  # problems learned those problems' answers and ranked held-out solutions worse than chance;
+  # on 256 problems their AUC was 0.80 on training problems and 0.65 on held-out ones.
   config.trees = ml_collections.ConfigDict({
-      "num_problems": 256, "num_children": 4, "max_depth": 5, "temperature": 0.7, "top_p": 1.0,
+      "num_problems": 1024, "num_children": 4, "max_depth": 5, "temperature": 0.7, "top_p": 1.0,
       "max_step_tokens": 16, "batch_size": 64})
   # Training nodes per level (search.tree_data.select_nodes) and HNC (tree_data.compress).
   config.data = ml_collections.ConfigDict({
@@ -78,7 +79,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   rm = ml_collections.ConfigDict({
       "names": ("orm", "prm", "hrm", "hrm_hnc"), "label_kind": "mse", "granularity": "prm",
       "pack": True})
-  common.loop(rm, steps=400, batch_size=32, seq_len=128, learning_rate=3e-4, warmup_steps=20,
+  common.loop(rm, steps=800, batch_size=32, seq_len=128, learning_rate=3e-4, warmup_steps=20,
               log_every=50, checkpoint_every=100)
   config.reward_models = rm
 
