@@ -331,16 +331,20 @@ def run(config, workdir: str) -> dict:
   check_config(config)
   stages.single_process("hrm")
   _check_settings(config, workdir)
+  clock = _Clock(workdir)
   task, tokenizer = experiment.task_and_tokenizer(config)
   policy_path, cfg, params = stages.load_policy(config, workdir)
+  clock("policy")
   train_problems = task.generate(config.trees.num_problems, seed=config.seed + 1000,
                                  split="train")
   tree_policy = _policy(config, config.trees, cfg, params, task, tokenizer)
   trees, hnc_trees, hnc = _trees(config, workdir, tree_policy, train_problems)
   rows = stages.json_file(os.path.join(workdir, "records.json"),
                           lambda: records(config, trees, hnc_trees))
+  clock("trees, HNC and records")
   rm_paths = _train_reward_models(config, workdir, policy_path, task, tokenizer,
                                   train_problems, rows)
+  clock("reward models")
   named = _scorers(config, rm_paths, task, tokenizer)
   test_problems = task.generate(config.evaluation.num_problems, seed=config.seed,
                                 split="test")
@@ -350,13 +354,16 @@ def run(config, workdir: str) -> dict:
     evaluation += stages.json_file(
         os.path.join(workdir, f"evaluation_seed{seed}.json"),
         lambda s=seed: evaluate_search(config, eval_policy, test_problems, named, int(s)))
+  clock("search evaluation")
   errors = stages.json_file(
       os.path.join(workdir, "first_error.json"),
       lambda: first_error(config, eval_policy,
                           task.generate(config.first_error.num_problems, seed=config.seed + 1,
                                         split="test"),
                           named, jax.random.key(config.seed + 7)))
+  clock("first error")
   hacked = hacking(config, workdir, policy_path, rm_paths)
+  clock("reward hacking")
   paths = stages.json_file(os.path.join(workdir, "paths.json"),
                            lambda: best_paths(config, trees, train_problems, named))
   evaluate = experiment.evaluator(nested_config(config, "self_training", policy_path), cfg,
@@ -364,10 +371,12 @@ def run(config, workdir: str) -> dict:
   start = stages.json_file(os.path.join(workdir, "self_training_start.json"),
                            lambda: evaluate(params, jax.random.key(config.seed + 1)))
   trained = self_training(config, workdir, policy_path, paths, train_problems)
+  clock("self-training")
   summary = {"evaluation": evaluation, "first_error": errors, "hnc": hnc,
              "records": {k: len(v) for k, v in rows.items()},
              "trees": _tree_stats(trees, workdir), "hacking": hacked,
-             "self_training": trained, "self_training_start": start, "seeds": list(config.evaluation.seeds),
+             "self_training": trained, "self_training_start": start,
+             "seeds": list(config.evaluation.seeds), "seconds": clock.times,
              "config": json.loads(config.to_json_best_effort())}
   page = hrm_report.page(summary, command=_command())
   if jax.process_index() == 0:
@@ -379,6 +388,28 @@ def run(config, workdir: str) -> dict:
       hrm_report.write(config.results_page, summary, page)
   print(page, flush=True)
   return summary
+
+
+class _Clock:
+  """Wall seconds per stage, kept in workdir/timings.json across invocations: a stage found
+  done keeps the time it took when it ran (an interrupted stage counts its last run only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "timings.json")
+    self.times = {}
+    if os.path.isfile(self.path):
+      with open(self.path) as f:
+        self.times = json.load(f)
+    self.last = time.perf_counter()
+
+  def __call__(self, stage: str) -> None:
+    now = time.perf_counter()
+    if stage not in self.times:
+      self.times[stage] = now - self.last
+      if jax.process_index() == 0:
+        with open(self.path, "w") as f:
+          json.dump(self.times, f, indent=2)
+    self.last = now
 
 
 def _check_settings(config, workdir: str) -> None:

@@ -111,6 +111,9 @@ def page(summary: dict, *, command: str) -> str:
       f"Seeds {seeds} for the search evaluation (one pool of solutions per seed, shared by "
       "every scorer); mean ± standard deviation over seeds. Other stages: seed "
       f"{summary['config'].get('seed', 0)}, one run. CPU timings differ between machines.", "",
+      "Wall time on this machine, per stage (s): "
+      + ", ".join(f"{k} {v:.0f}" for k, v in summary.get("seconds", {}).items())
+      + f"; total {sum(summary.get('seconds', {}).values()) / 60:.1f} minutes.", "",
       "## Data", "",
       f"Trees: {t['problems']} problems, {t['nodes']} nodes, {t['leaves']} leaves "
       f"({t['correct_leaves']} correct), grown in {t['seconds']:.1f} s.", "",
