@@ -28,7 +28,7 @@ def policy_sft(runlocal: bool, countdown: bool) -> ml_collections.ConfigDict:
     return sft  # The tests' shared SFT start (sft_arith:runlocal) solves these.
   if countdown:
     sft.task.name = "countdown"
-    sft.task.knobs = {"num_numbers": 3, "max_number": 9, "max_target": 30}
+    sft.task.knobs = {"num_numbers": 3, "max_number": 20, "min_target": 10, "max_target": 100}
   else:
     sft.task.knobs = {"min_steps": 2, "max_steps": 4, "max_operand": 9, "max_value": 30,
                       "ops": "+-"}
