@@ -24,6 +24,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from reasonjax import checkpoint, host_memory, models, programs, workdir as workdir_lib
+from reasonjax.programs import stages
 from reasonjax.training import loop
 
 CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -97,7 +98,7 @@ def main(argv):
 
 # Errors whose message says all a user needs (the file, the step, what to do).
 USER_ERRORS = (workdir_lib.WorkdirLocked, checkpoint.CheckpointError, loop.NonFiniteError,
-               models.CheckpointError)
+               models.CheckpointError, stages.SettingsChanged)
 
 
 def _run(run, config, workdir: str) -> None:

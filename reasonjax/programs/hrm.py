@@ -33,7 +33,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from reasonjax import checkpoint, metrics as metrics_lib, models
+from reasonjax import metrics as metrics_lib, models
 from reasonjax.data.tasks import Task
 from reasonjax.losses import reward
 from reasonjax.programs import grpo, hrm_report, reward_model, sft, stages
@@ -330,7 +330,9 @@ def run(config, workdir: str) -> dict:
   """Every stage in order; returns the summary written to hrm.json."""
   check_config(config)
   stages.single_process("hrm")
-  _check_settings(config, workdir)
+  settings = json.loads(config.to_json_best_effort())
+  settings.pop("results_page")  # Where the page goes may change.
+  stages.check_settings(os.path.join(workdir, "hrm_settings.json"), settings)
   clock = _Clock(workdir)
   task, tokenizer = experiment.task_and_tokenizer(config)
   policy_path, cfg, params = stages.load_policy(config, workdir)
@@ -410,19 +412,6 @@ class _Clock:
         with open(self.path, "w") as f:
           json.dump(self.times, f, indent=2)
     self.last = now
-
-
-def _check_settings(config, workdir: str) -> None:
-  """Refuses a rerun with other settings: its stages would be skipped for outputs made under
-  the old ones. Only where the page is written may change."""
-  settings = json.loads(config.to_json_best_effort())
-  settings.pop("results_page", None)
-  path = os.path.join(workdir, "hrm_settings.json")
-  stored = stages.json_file(path, lambda: settings)
-  changes = checkpoint.config_changes(stored, settings)
-  if changes:
-    raise ValueError(f"{workdir} holds stages made with other settings ({'; '.join(changes)}): "
-                     "use a new --workdir, or delete the stages to redo (see programs/hrm.py)")
 
 
 def _tree_stats(trees, workdir) -> dict:

@@ -26,14 +26,12 @@ import os
 
 import jax
 import numpy as np
-import tqdm
 from absl import logging
 
 from reasonjax import models
 from reasonjax.data import batching, process_labels, step_labels, tokenizers
 from reasonjax.losses import reward
 from reasonjax.programs import reward_model, stages
-from reasonjax.sampling import bucket_length
 from reasonjax.search import process_bench, scorers
 
 
@@ -72,21 +70,6 @@ def example(tokenizer, template: str, problem: str, steps) -> batching.Example:
   the tokenizer's step delimiter, a score at each step's last token."""
   return batching.prm_example(tokenizer, template.format(problem=problem), list(steps),
                               [0.0] * len(steps))
-
-
-def score(model, params, examples, *, batch_size: int) -> list[np.ndarray]:
-  """Probabilities at each example's steps ([L_j] each): examples sorted by length and padded
-  per batch to a power of two, so a few shapes compile and short rows pay for little."""
-  run = scorers.score_fn(model, batch_size)
-  order = sorted(range(len(examples)), key=lambda i: len(examples[i]["inputs"]))
-  out: list[np.ndarray] = [np.zeros(0)] * len(examples)
-  for start in tqdm.trange(0, len(order), batch_size, desc="scoring steps"):
-    chunk = order[start:start + batch_size]
-    width = bucket_length(max(len(examples[i]["inputs"]) for i in chunk))
-    logits = run(params, [batching.pad_example(examples[i], width) for i in chunk])
-    for i, x in zip(chunk, logits):
-      out[i] = 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
-  return out
 
 
 def training_examples(config, tokenizer) -> list[batching.Example]:
@@ -146,7 +129,7 @@ def run(config, workdir: str) -> dict:
   cfg, params = models.load(dict(config.model) | {"hf_path": path, "lm_head": False,
                                                    "score_head": True},
                             jax.random.key(config.seed))
-  model = models.Model(cfg)
+  score = scorers.score_fn(models.Model(cfg), config.data.batch_size)
   d = config.data
   results = {"reward_model": path, "splits": {}}
   for split in d.splits:
@@ -157,7 +140,8 @@ def run(config, workdir: str) -> dict:
     def scored(solutions=solutions):
       examples = [example(tokenizer, config.prompt, s.problem, s.steps) for s in solutions]
       keep = [i for i, e in enumerate(examples) if len(e["inputs"]) <= d.max_len]
-      values = score(model, params, [examples[i] for i in keep], batch_size=d.batch_size)
+      values = scorers.probabilities(score, params, [examples[i] for i in keep],
+                                     batch_size=d.batch_size)
       return {"ids": [solutions[i].id for i in keep], "gold": [solutions[i].first_error
                                                                for i in keep],
               "scores": [v.tolist() for v in values], "skipped": len(solutions) - len(keep)}

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 from absl import logging
 
-from reasonjax import models
+from reasonjax import checkpoint, models
 from reasonjax.programs import sft
 from reasonjax.training import experiment
 from reasonjax.training.experiment import HF_DIR
@@ -41,6 +41,22 @@ def json_file(path: str, make: Callable[[], Any]) -> Any:
   # What a later stage reads back is the stored form (tuples became lists), also on this run.
   with open(path) as f:
     return json.load(f)
+
+
+class SettingsChanged(ValueError):
+  """A rerun's settings differ from those its workdir's stages were made with."""
+
+
+def check_settings(path: str, settings: dict) -> None:
+  """Stores `settings` (JSON-able) at `path` on the first run; raises SettingsChanged naming
+  every changed field when a later run's differ, so that no stage is skipped for outputs made
+  under other settings."""
+  stored = json_file(path, lambda: settings)
+  changes = checkpoint.config_changes(stored, json.loads(json.dumps(settings)))
+  if changes:
+    raise SettingsChanged(f"{os.path.dirname(path)} holds stages made with other settings "
+                          f"({'; '.join(changes)}): use a new --workdir, or delete the stages "
+                          "to redo")
 
 
 def done(directory: str) -> bool:

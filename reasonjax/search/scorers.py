@@ -88,6 +88,21 @@ def score_fn(model: models.Model, batch_size: int):
   return run
 
 
+def probabilities(score, params, examples, *, batch_size: int) -> list[np.ndarray]:
+  """sigmoid of the score head at each example's step_mask ([L_j] float64 each), `score` from
+  `score_fn`. Examples go by length, each call padded to the power of two above its longest:
+  a few shapes compile, and short rows do not pay for the longest one."""
+  order = sorted(range(len(examples)), key=lambda i: len(examples[i]["inputs"]))
+  out: list[np.ndarray] = [np.zeros(0)] * len(examples)
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    width = bucket_length(max(len(examples[i]["inputs"]) for i in chunk))
+    logits = score(params, [batching.pad_example(examples[i], width) for i in chunk])
+    for i, x in zip(chunk, logits):
+      out[i] = 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
+  return out
+
+
 class RewardModelScorer:
   """A reward model (a `Model` with a score head) as a scorer: sigmoid of its score at the last
   token of each step (prm, hrm), or of the whole solution (orm), rendered as
@@ -102,7 +117,7 @@ class RewardModelScorer:
     self.params, self.task, self.tokenizer = params, task, tokenizer
     self.granularity, self.name = granularity, granularity
     self.score_answers = score_answers
-    self._score = score_fn(model, batch_size)
+    self._score, self.batch_size = score_fn(model, batch_size), batch_size
 
   @classmethod
   def load(cls, folder: str, task: Task, tokenizer, **kwargs) -> RewardModelScorer:
@@ -123,10 +138,7 @@ class RewardModelScorer:
                else [s for s in steps if self.score_answers or not is_answer(s)])
       examples.append(batching.prm_example(self.tokenizer, self.task.prompt(problem), units,
                                            [0.0] * len(units)))
-    # Lengths padded to a power of two: one compiled program per bucket.
-    width = bucket_length(max(len(e["inputs"]) for e in examples))
-    logits = self._score(self.params, [batching.pad_example(e, width) for e in examples])
-    probs = [1.0 / (1.0 + np.exp(-np.asarray(s, np.float64))) for s in logits]
+    probs = probabilities(self._score, self.params, examples, batch_size=self.batch_size)
     if self.granularity == "orm" or self.score_answers:
       return probs
     out = []

@@ -160,6 +160,7 @@ def test_hrm_arith_runlocal_writes_every_table_and_resumes(sft_workdir, tmp_path
   out = run_main("--config=configs/hrm_arith.py:runlocal", *flags,
                  "--config.trees.num_children=2", workdir=tmp_path, env=env)
   assert out.returncode != 0 and "trees.num_children: 4 -> 2" in out.stderr
+  assert "error: SettingsChanged" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_the_countdown_variant_is_countdown_throughout():

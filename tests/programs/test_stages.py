@@ -35,6 +35,14 @@ def test_json_file_writes_nothing_when_its_stage_fails(tmp_path):
   assert stages.json_file(path, lambda: [3]) == [3]
 
 
+def test_check_settings_stores_then_refuses_changes(tmp_path):
+  path = str(tmp_path / "settings.json")
+  stages.check_settings(path, {"a": 1, "b": {"c": (1, 2)}})
+  stages.check_settings(path, {"a": 1, "b": {"c": [1, 2]}})  # The stored form is the same.
+  with pytest.raises(stages.SettingsChanged, match=r"a: 1 -> 2; b.c: \[1, 2\] -> \[3\]"):
+    stages.check_settings(path, {"a": 2, "b": {"c": [3]}})
+
+
 def test_nested_runs_a_program_until_its_export_exists(tmp_path):
   runs = []
 
