@@ -8,7 +8,8 @@ other, each stored in the workdir and skipped when present:
     trees_hnc.jsonl, hnc.json       their HNC versions; its cost and label noise
     records.json             reward-model records per model: orm, prm, hrm, hrm_hnc
     rm_<name>/hf             each reward model (programs.reward_model.train)
-    evaluation_seed<s>.json  best-of-N / step-level greedy per scorer, majority vote
+    evaluation_seed<s>.json  best-of-N / step-level greedy per scorer, majority vote;
+                             how each scorer ranks the held-out solutions
     first_error.json         first wrong step detection of the step models vs check_steps
     hack_<name>/             GRPO with the model's score as the reward (programs.grpo)
     paths.json               each reward model's best tree paths per problem
@@ -204,10 +205,10 @@ def _scorers(config, paths, task, tokenizer) -> dict[str, tuple]:
   return out
 
 
-def evaluate_search(config, policy: StepPolicy, problems, named_scorers, seed: int
-                    ) -> list[dict]:
-  """Rows {method, scorer, n, seed, accuracy, tokens_per_problem}: best-of-N and step-level
-  greedy with each scorer, majority vote; the whole-solution methods share one pool."""
+def evaluate_search(config, policy: StepPolicy, problems, named_scorers, seed: int) -> dict:
+  """{"search": rows {method, scorer, n, seed, accuracy, tokens_per_problem} of best-of-N and
+  step-level greedy with each scorer and of majority vote, "ranking": `ranking` of each
+  scorer on the largest pool}; the whole-solution methods share one pool."""
   e, task = config.evaluation, policy.task
   rng = jax.random.key(seed)
   pool = methods_lib.SolutionPool(policy, problems, jax.random.fold_in(rng, 1))
@@ -229,7 +230,36 @@ def evaluate_search(config, policy: StepPolicy, problems, named_scorers, seed: i
     search = methods_lib.Search(policy, scorer, problems, rng, aggregation=aggregation,
                                 pool=pool)
     row(method, name, n, methods_lib.get_method(method)(search, int(n)))
-  return rows
+  return {"search": rows,
+          "ranking": [{"scorer": name, "seed": seed, **ranking(pool, scorer, aggregation,
+                                                                max(e.n_values))}
+                      for name, (scorer, aggregation) in named_scorers.items()]}
+
+
+def ranking(pool: methods_lib.SolutionPool, scorer, aggregation: str, n: int) -> dict:
+  """How a scorer orders the pool's first n solutions of every problem (AUC: the probability
+  that a right one outscores a wrong one, ties 1/2):
+
+    step_auc      its step scores against check_steps' grades (an answer line: the answer's)
+    solution_auc  solution scores (`aggregation` of the steps) against the answers' grades,
+                  all problems pooled: this also rewards telling easy problems from hard ones
+    within_auc    the same within each problem, averaged over problems with both right and
+                  wrong solutions: what best-of-N depends on
+  """
+  task, problems = pool.policy.task, pool.problems
+  texts, _, _ = pool.take(n)
+  scores, _ = pool.scores(scorer, n)
+  steps = [solution_steps(task, t) for row in texts for t in row]
+  grades = scorers.OracleScorer(task)([p for p, row in zip(problems, texts) for _ in row], steps)
+  flat = [s for row in scores for s in row]
+  correct = np.asarray([[task.check_answer(p, t) for t in row]
+                        for p, row in zip(problems, texts)], np.float32)
+  value = np.asarray([[scorers.aggregate(s, aggregation) for s in row] for row in scores])
+  within = [reward_model.auc(v, c) for v, c in zip(value, correct) if 0 < c.sum() < len(c)]
+  return {"step_auc": reward_model.auc(np.concatenate(flat), np.concatenate(grades)),
+          "solution_auc": reward_model.auc(value.ravel(), correct.ravel()),
+          "within_auc": float(np.mean(within)) if within else float("nan"),
+          "problems_with_both": len(within)}
 
 
 def first_error(config, policy: StepPolicy, problems, named_scorers, rng) -> dict:
@@ -351,11 +381,13 @@ def run(config, workdir: str) -> dict:
   test_problems = task.generate(config.evaluation.num_problems, seed=config.seed,
                                 split="test")
   eval_policy = _policy(config, config.evaluation, cfg, params, task, tokenizer)
-  evaluation = []
+  evaluation, ranked = [], []
   for seed in config.evaluation.seeds:
-    evaluation += stages.json_file(
+    out = stages.json_file(
         os.path.join(workdir, f"evaluation_seed{seed}.json"),
         lambda s=seed: evaluate_search(config, eval_policy, test_problems, named, int(s)))
+    evaluation += out["search"]
+    ranked += out["ranking"]
   clock("search evaluation")
   errors = stages.json_file(
       os.path.join(workdir, "first_error.json"),
@@ -374,7 +406,8 @@ def run(config, workdir: str) -> dict:
                            lambda: evaluate(params, jax.random.key(config.seed + 1)))
   trained = self_training(config, workdir, policy_path, paths, train_problems)
   clock("self-training")
-  summary = {"evaluation": evaluation, "first_error": errors, "hnc": hnc,
+  summary = {"evaluation": evaluation, "ranking": ranked,
+             "reward_models": _training_losses(workdir, rows), "first_error": errors, "hnc": hnc,
              "records": {k: len(v) for k, v in rows.items()},
              "trees": _tree_stats(trees, workdir), "hacking": hacked,
              "self_training": trained, "self_training_start": start,
@@ -412,6 +445,19 @@ class _Clock:
         with open(self.path, "w") as f:
           json.dump(self.times, f, indent=2)
     self.last = now
+
+
+def _training_losses(workdir, rows) -> dict:
+  """Per reward model: its training loss at the first and last log, beside the variance of
+  its labels (the squared error of always predicting their mean)."""
+  out = {}
+  for name, records in rows.items():
+    path = os.path.join(workdir, f"rm_{name}", "metrics.jsonl")
+    losses = [r["loss"] for r in metrics_lib.read_jsonl(path) if "loss" in r]
+    if losses:
+      out[name] = {"loss_first": losses[0], "loss_last": losses[-1],
+                   "label_variance": float(np.var([r[3] for r in records]))}
+  return out
 
 
 def _tree_stats(trees, workdir) -> dict:

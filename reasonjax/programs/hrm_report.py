@@ -49,6 +49,47 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
   return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
 
 
+def _ranks(summary: dict) -> dict[str, dict[str, list[float]]]:
+  """scorer -> ranking metric -> values over seeds."""
+  out: dict[str, dict[str, list[float]]] = {}
+  for row in summary.get("ranking", []):
+    for key in ("step_auc", "solution_auc", "within_auc"):
+      out.setdefault(row["scorer"], {}).setdefault(key, []).append(row[key])
+  return out
+
+
+def ranking_table(summary: dict) -> str:
+  """Each scorer's AUCs on the held-out pool and each reward model's training loss."""
+  ranks, losses = _ranks(summary), summary.get("reward_models", {})
+  lines = ["| scorer | training loss, first -> last log (label variance) | step AUC | "
+           "solution AUC | within-problem AUC |", "|---|---|---|---|---|"]
+  for scorer in (s for s in SCORERS if s in ranks):
+    m, loss = ranks[scorer], losses.get(scorer)
+    trained = (f"{loss['loss_first']:.3f} -> {loss['loss_last']:.3f} "
+               f"({loss['label_variance']:.3f})" if loss else "")
+    lines.append(f"| {NAMES[scorer]} | {trained} | {_cell(m['step_auc'])} | "
+                 f"{_cell(m['solution_auc'])} | {_cell(m['within_auc'])} |")
+  return "\n".join(lines)
+
+
+def diagnosis(summary: dict) -> list[str]:
+  """Why best-of-N with the reward models goes where it goes, from their within-problem AUC:
+  one sentence per finding, empty when the AUCs are missing."""
+  ranks = _ranks(summary)
+  models = {s: _mean_std(ranks[s]["within_auc"]) for s in SCORERS[1:] if s in ranks}
+  if not models:
+    return []
+  text = ", ".join(f"{NAMES[s]} {m:.2f}" for s, (m, _) in models.items())
+  if all(m - sd <= 0.55 for m, sd in models.values()):
+    return [f"Within a problem, no reward model orders the solutions much better than chance "
+            f"(within-problem AUC {text}; 0.5 is chance), so best-of-N with them picks among "
+            "a problem's solutions nearly at random or worse, and its accuracy cannot rise "
+            "with N: the claims that compare reward models at large N are not tested at this "
+            "scale. What they score instead shows in the solution AUC: telling easier "
+            "problems from harder ones."]
+  return [f"Within-problem AUC (0.5 is chance): {text}."]
+
+
 def claims(summary: dict) -> list[tuple[str, str, str]]:
   """[(claim, verdict, the numbers and the rule)], decided from the summary. A difference
   counts when it exceeds the larger of the two standard deviations over seeds (with one seed:
@@ -125,6 +166,16 @@ def page(summary: dict, *, command: str) -> str:
       "## Step-level greedy search accuracy (N candidates per step)", "",
       accuracy_table(summary["evaluation"], "step_greedy"), "",
   ]
+  if summary.get("ranking"):
+    lines += ["## How each scorer ranks the held-out solutions", "",
+              "On every seed's pool (the largest N's solutions of each problem), the AUC: the "
+              "probability that a right step or solution outscores a wrong one. Step AUC: step "
+              "scores against check_steps; solution AUC: solution scores against the answer, "
+              "all problems pooled; within-problem AUC: the same inside each problem (what "
+              "best-of-N depends on), averaged over problems with both right and wrong "
+              "solutions. Training loss: the reward model's loss at its first and last log, "
+              "beside the loss of always predicting the labels' mean.", "",
+              ranking_table(summary), "", *diagnosis(summary), ""]
   fe = summary["first_error"]
   lines += [] if not fe else ["## First wrong step (against check_steps)", "",
             f"{fe['solutions']} sampled solutions, {fe['with_error']} with a wrong step, "

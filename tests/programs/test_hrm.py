@@ -9,6 +9,7 @@ import pytest
 
 from configs import hrm_arith
 from reasonjax import programs
+from reasonjax.data import tasks
 from reasonjax.programs import hrm, hrm_report
 from reasonjax.search import tree_data
 from tests.conftest import run_main
@@ -84,6 +85,64 @@ def test_best_paths_prefer_answers_then_the_scorer():
   assert paths == {"hrm": [[0, "a\n#### 1"], [0, "b"]]}
 
 
+class _Pool:
+  """What `hrm.ranking` reads of a `SolutionPool`: the task, problems, texts and scores."""
+
+  def __init__(self, task, problems, texts):
+    self.policy = type("Policy", (), {"task": task})
+    self.problems, self.texts = problems, texts
+
+  def take(self, n):
+    return [row[:n] for row in self.texts], None, 0.0
+
+  def scores(self, scorer, n):
+    return [scorer([p] * n, [[t] for t in row[:n]]) for p, row in
+            zip(self.problems, self.texts)], 0.0
+
+
+def test_ranking_against_a_pair_count():
+  task = tasks.get_task("arithmetic", min_steps=2, max_steps=2, max_operand=9, max_value=30,
+                        ops="+-")
+  problems = task.generate(3, seed=0)
+  texts, table = [], {}
+  for i, p in enumerate(problems):
+    steps = p.solution.splitlines()[:-1]
+    right = "\n".join(steps + [f"#### {p.answer}"])
+    wrong = "\n".join(steps + [f"#### {int(p.answer) + 1}"])
+    texts.append([right, wrong, wrong, right])
+    # Problem 0 ranks its right solutions first, problem 1 ties, problem 2 ranks its wrong
+    # ones first.
+    high, low = [0.9, 0.8, 0.6 - 0.1 * i], [0.9, 0.8, 0.4 + 0.1 * i]
+    table[right], table[wrong] = np.array(high), np.array(low)
+
+  def scorer(_, solutions):
+    return [table["\n".join(s)] for s in solutions]
+
+  # The solution's text as one "step": `ranking` splits it with solution_steps itself.
+  got = hrm.ranking(_Pool(task, problems, texts), scorer, "last", 4)
+  pairs = lambda pos, neg: np.mean([1.0 if a > b else 0.5 if a == b else 0.0
+                                    for a in pos for b in neg])
+  last = {i: (0.6 - 0.1 * i, 0.4 + 0.1 * i) for i in range(3)}  # (right, wrong) scores
+  rights = [last[i][0] for i in range(3) for _ in range(2)]
+  wrongs = [last[i][1] for i in range(3) for _ in range(2)]
+  assert got["solution_auc"] == pytest.approx(pairs(rights, wrongs))
+  assert got["within_auc"] == pytest.approx(np.mean([1.0, 0.5, 0.0]))
+  assert got["problems_with_both"] == 3
+  # Steps: every reasoning step is right (scores 0.9, 0.8); answer lines as the solutions.
+  assert got["step_auc"] == pytest.approx(pairs([0.9, 0.8] * 12 + rights, wrongs))
+
+
+def test_the_diagnosis_names_chance_level_ranking():
+  rows = [{"scorer": s, "seed": seed, "step_auc": 0.7, "solution_auc": 0.65,
+           "within_auc": 0.45 + 0.01 * seed} for s in ("prm", "hrm") for seed in (0, 1, 2)]
+  text = " ".join(hrm_report.diagnosis({"ranking": rows}))
+  assert "no reward model orders the solutions much better than chance" in text
+  assert "PRM 0.46" in text and "HRM 0.46" in text
+  rows[0]["within_auc"] = rows[1]["within_auc"] = rows[2]["within_auc"] = 0.8
+  assert "better than chance" not in " ".join(hrm_report.diagnosis({"ranking": rows}))
+  assert hrm_report.diagnosis({}) == []
+
+
 def _summary(accuracies: dict, seeds=(0, 1, 2)) -> dict:
   """A summary with best-of-N rows: accuracies[(scorer, n)] = one accuracy per seed."""
   rows = [{"method": "best_of_n", "scorer": scorer, "n": n, "seed": s, "accuracy": a}
@@ -136,6 +195,12 @@ def test_hrm_arith_runlocal_writes_every_table_and_resumes(sft_workdir, tmp_path
     oracle = [r["accuracy"] for r in sorted(summary["evaluation"], key=lambda r: r["n"])
               if (r["method"], r["scorer"], r["seed"]) == ("best_of_n", "oracle", s)]
     assert oracle == sorted(oracle)
+  assert {(r["scorer"], r["seed"]) for r in summary["ranking"]} == {
+      (sc, s) for sc in scorers for s in e.seeds}
+  for r in summary["ranking"]:
+    assert r["scorer"] != "oracle" or r["step_auc"] == 1.0 or np.isnan(r["step_auc"])
+    assert all(0 <= r[k] <= 1 for k in ("step_auc", "solution_auc") if not np.isnan(r[k]))
+  assert set(summary["reward_models"]) == set(config.reward_models.names)
   assert set(summary["first_error"]["models"]) == set(config.first_error.reward_models)
   assert set(summary["hacking"]) == set(config.hacking_reward_models)
   for hack in summary["hacking"].values():
@@ -147,6 +212,7 @@ def test_hrm_arith_runlocal_writes_every_table_and_resumes(sft_workdir, tmp_path
   with open(page) as f:
     text = f.read()
   assert "--config=configs/hrm_arith.py:runlocal" in text and "| HRM+HNC |" in text
+  assert "## How each scorer ranks the held-out solutions" in text
   assert os.path.isfile(page[:-3] + ".json") and os.path.getsize(page[:-3] + ".png") > 1000
   # A rerun finds every stage done: nothing is trained or grown again.
   stamps = {p: os.path.getmtime(os.path.join(tmp_path, p))
