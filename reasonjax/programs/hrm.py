@@ -230,36 +230,42 @@ def evaluate_search(config, policy: StepPolicy, problems, named_scorers, seed: i
     search = methods_lib.Search(policy, scorer, problems, rng, aggregation=aggregation,
                                 pool=pool)
     row(method, name, n, methods_lib.get_method(method)(search, int(n)))
-  return {"search": rows,
-          "ranking": [{"scorer": name, "seed": seed, **ranking(pool, scorer, aggregation,
-                                                                max(e.n_values))}
-                      for name, (scorer, aggregation) in named_scorers.items()]}
+  return {"search": rows, "ranking": [{"seed": seed, **r} for r in
+                                      ranking(pool, named_scorers, max(e.n_values))]}
 
 
-def ranking(pool: methods_lib.SolutionPool, scorer, aggregation: str, n: int) -> dict:
-  """How a scorer orders the pool's first n solutions of every problem (AUC: the probability
-  that a right one outscores a wrong one, ties 1/2):
+def ranking(pool: methods_lib.SolutionPool, named_scorers, n: int) -> list[dict]:
+  """How each scorer orders the pool's first n solutions of every problem, one row each
+  {scorer, step_auc, solution_auc, within_auc, problems_with_both} (AUC: the probability that
+  a right one outscores a wrong one, ties 1/2):
 
     step_auc      its step scores against check_steps' grades (an answer line: the answer's)
-    solution_auc  solution scores (`aggregation` of the steps) against the answers' grades,
+    solution_auc  solution scores (its aggregation of the steps) against the answers' grades,
                   all problems pooled: this also rewards telling easy problems from hard ones
     within_auc    the same within each problem, averaged over problems with both right and
                   wrong solutions: what best-of-N depends on
   """
   task, problems = pool.policy.task, pool.problems
   texts, _, _ = pool.take(n)
-  scores, _ = pool.scores(scorer, n)
+  # The grades depend on the pool only: made once for every scorer.
   steps = [solution_steps(task, t) for row in texts for t in row]
-  grades = scorers.OracleScorer(task)([p for p, row in zip(problems, texts) for _ in row], steps)
-  flat = [s for row in scores for s in row]
+  grades = np.concatenate(scorers.OracleScorer(task)(
+      [p for p, row in zip(problems, texts) for _ in row], steps))
   correct = np.asarray([[task.check_answer(p, t) for t in row]
                         for p, row in zip(problems, texts)], np.float32)
-  value = np.asarray([[scorers.aggregate(s, aggregation) for s in row] for row in scores])
-  within = [reward_model.auc(v, c) for v, c in zip(value, correct) if 0 < c.sum() < len(c)]
-  return {"step_auc": reward_model.auc(np.concatenate(flat), np.concatenate(grades)),
-          "solution_auc": reward_model.auc(value.ravel(), correct.ravel()),
-          "within_auc": float(np.mean(within)) if within else float("nan"),
-          "problems_with_both": len(within)}
+  both = [i for i, c in enumerate(correct) if 0 < c.sum() < len(c)]
+  out = []
+  for name, (scorer, aggregation) in named_scorers.items():
+    scores, _ = pool.scores(scorer, n)
+    value = np.asarray([[scorers.aggregate(s, aggregation) for s in row] for row in scores])
+    within = [reward_model.auc(value[i], correct[i]) for i in both]
+    out.append({"scorer": name,
+                "step_auc": reward_model.auc(np.concatenate([s for r in scores for s in r]),
+                                             grades),
+                "solution_auc": reward_model.auc(value.ravel(), correct.ravel()),
+                "within_auc": float(np.mean(within)) if within else float("nan"),
+                "problems_with_both": len(within)})
+  return out
 
 
 def first_error(config, policy: StepPolicy, problems, named_scorers, rng) -> dict:
@@ -407,7 +413,7 @@ def run(config, workdir: str) -> dict:
   trained = self_training(config, workdir, policy_path, paths, train_problems)
   clock("self-training")
   summary = {"evaluation": evaluation, "ranking": ranked,
-             "reward_models": _training_losses(workdir, rows), "first_error": errors, "hnc": hnc,
+             "reward_models": _training_losses(config, workdir, rows), "first_error": errors, "hnc": hnc,
              "records": {k: len(v) for k, v in rows.items()},
              "trees": _tree_stats(trees, workdir), "hacking": hacked,
              "self_training": trained, "self_training_start": start,
@@ -447,16 +453,20 @@ class _Clock:
     self.last = now
 
 
-def _training_losses(workdir, rows) -> dict:
-  """Per reward model: its training loss at the first and last log, beside the variance of
-  its labels (the squared error of always predicting their mean)."""
+def _training_losses(config, workdir, rows) -> dict:
+  """Per reward model: its training loss at the first and last log, beside the loss of always
+  predicting its labels' mean m (mse: their variance; bce: mean -y log m - (1 - y) log(1 - m))."""
   out = {}
   for name, records in rows.items():
     path = os.path.join(workdir, f"rm_{name}", "metrics.jsonl")
     losses = [r["loss"] for r in metrics_lib.read_jsonl(path) if "loss" in r]
+    y = np.asarray([r[3] for r in records], np.float64)
+    m = np.clip(y.mean(), 1e-6, 1 - 1e-6)
+    constant = (np.mean((y - m) ** 2) if config.reward_models.label_kind == "mse" else
+                -np.mean(y * np.log(m) + (1 - y) * np.log1p(-m)))
     if losses:
       out[name] = {"loss_first": losses[0], "loss_last": losses[-1],
-                   "label_variance": float(np.var([r[3] for r in records]))}
+                   "constant_loss": float(constant)}
   return out
 
 

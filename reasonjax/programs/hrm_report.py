@@ -61,12 +61,12 @@ def _ranks(summary: dict) -> dict[str, dict[str, list[float]]]:
 def ranking_table(summary: dict) -> str:
   """Each scorer's AUCs on the held-out pool and each reward model's training loss."""
   ranks, losses = _ranks(summary), summary.get("reward_models", {})
-  lines = ["| scorer | training loss, first -> last log (label variance) | step AUC | "
+  lines = ["| scorer | training loss, first -> last log (predicting the mean) | step AUC | "
            "solution AUC | within-problem AUC |", "|---|---|---|---|---|"]
   for scorer in (s for s in SCORERS if s in ranks):
     m, loss = ranks[scorer], losses.get(scorer)
     trained = (f"{loss['loss_first']:.3f} -> {loss['loss_last']:.3f} "
-               f"({loss['label_variance']:.3f})" if loss else "")
+               f"({loss['constant_loss']:.3f})" if loss else "")
     lines.append(f"| {NAMES[scorer]} | {trained} | {_cell(m['step_auc'])} | "
                  f"{_cell(m['solution_auc'])} | {_cell(m['within_auc'])} |")
   return "\n".join(lines)

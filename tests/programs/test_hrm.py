@@ -119,7 +119,7 @@ def test_ranking_against_a_pair_count():
     return [table["\n".join(s)] for s in solutions]
 
   # The solution's text as one "step": `ranking` splits it with solution_steps itself.
-  got = hrm.ranking(_Pool(task, problems, texts), scorer, "last", 4)
+  [got] = hrm.ranking(_Pool(task, problems, texts), {"rm": (scorer, "last")}, 4)
   pairs = lambda pos, neg: np.mean([1.0 if a > b else 0.5 if a == b else 0.0
                                     for a in pos for b in neg])
   last = {i: (0.6 - 0.1 * i, 0.4 + 0.1 * i) for i in range(3)}  # (right, wrong) scores
