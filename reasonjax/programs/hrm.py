@@ -239,7 +239,8 @@ def ranking(pool: methods_lib.SolutionPool, named_scorers, n: int) -> list[dict]
   {scorer, step_auc, solution_auc, within_auc, problems_with_both} (AUC: the probability that
   a right one outscores a wrong one, ties 1/2):
 
-    step_auc      its step scores against check_steps' grades (an answer line: the answer's)
+    step_auc      its step scores against check_steps' grades (an answer line: the answer's);
+                  None for a task without per-step ground truth
     solution_auc  solution scores (its aggregation of the steps) against the answers' grades,
                   all problems pooled: this also rewards telling easy problems from hard ones
     within_auc    the same within each problem, averaged over problems with both right and
@@ -249,8 +250,11 @@ def ranking(pool: methods_lib.SolutionPool, named_scorers, n: int) -> list[dict]
   texts, _, _ = pool.take(n)
   # The grades depend on the pool only: made once for every scorer.
   steps = [solution_steps(task, t) for row in texts for t in row]
-  grades = np.concatenate(scorers.OracleScorer(task)(
-      [p for p, row in zip(problems, texts) for _ in row], steps))
+  try:
+    grades = np.concatenate(scorers.OracleScorer(task)(
+        [p for p, row in zip(problems, texts) for _ in row], steps))
+  except NotImplementedError:  # final answers only (GSM8K): no step AUC
+    grades = None
   correct = np.asarray([[task.check_answer(p, t) for t in row]
                         for p, row in zip(problems, texts)], np.float32)
   both = [i for i, c in enumerate(correct) if 0 < c.sum() < len(c)]
@@ -260,8 +264,8 @@ def ranking(pool: methods_lib.SolutionPool, named_scorers, n: int) -> list[dict]
     value = np.asarray([[scorers.aggregate(s, aggregation) for s in row] for row in scores])
     within = [reward_model.auc(value[i], correct[i]) for i in both]
     out.append({"scorer": name,
-                "step_auc": reward_model.auc(np.concatenate([s for r in scores for s in r]),
-                                             grades),
+                "step_auc": None if grades is None else reward_model.auc(
+                    np.concatenate([s for r in scores for s in r]), grades),
                 "solution_auc": reward_model.auc(value.ravel(), correct.ravel()),
                 "within_auc": float(np.mean(within)) if within else float("nan"),
                 "problems_with_both": len(within)})

@@ -24,7 +24,10 @@ def curves(evaluation: list[dict]) -> dict[tuple[str, str], dict[int, list[float
 
 
 def _cell(values: list[float]) -> str:
-  """mean ± sample standard deviation over seeds (n - 1; a single seed shows no spread)."""
+  """mean ± sample standard deviation over seeds (n - 1; a single seed shows no spread); a
+  dash for none."""
+  if not values:
+    return "—"
   mean = float(np.mean(values))
   if len(values) < 2:
     return f"{mean:.3f}"
@@ -54,7 +57,9 @@ def _ranks(summary: dict) -> dict[str, dict[str, list[float]]]:
   out: dict[str, dict[str, list[float]]] = {}
   for row in summary.get("ranking", []):
     for key in ("step_auc", "solution_auc", "within_auc"):
-      out.setdefault(row["scorer"], {}).setdefault(key, []).append(row[key])
+      values = out.setdefault(row["scorer"], {}).setdefault(key, [])
+      if row[key] is not None:  # no step AUC without per-step ground truth
+        values.append(row[key])
   return out
 
 

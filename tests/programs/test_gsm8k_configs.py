@@ -85,6 +85,10 @@ def test_hrm_gsm8k_runlocal_runs_every_stage_from_the_checkpoint(gsm8k_checkpoin
   scorers = {r["scorer"] for r in summary["evaluation"]}
   assert scorers == {"none", *config.reward_models.names}  # no oracle: no step ground truth
   assert summary["first_error"] == {} and set(summary["hacking"]) == {"hrm"}
+  # Ranked by the answers alone: no step AUC (a tiny model may get every answer wrong: the
+  # solution AUC is then NaN).
+  assert {r["scorer"] for r in summary["ranking"]} == set(config.reward_models.names)
+  assert all(r["step_auc"] is None and not r["solution_auc"] > 1 for r in summary["ranking"])
   assert not os.path.exists(os.path.join(tmp_path, "sft"))  # the checkpoint is the policy
   for name in config.reward_models.names:  # each reward model started from the checkpoint
     assert os.path.isfile(os.path.join(tmp_path, f"rm_{name}", "hf", "tokenizer_config.json"))

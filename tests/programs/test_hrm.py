@@ -131,6 +131,17 @@ def test_ranking_against_a_pair_count():
   # Steps: every reasoning step is right (scores 0.9, 0.8); answer lines as the solutions.
   assert got["step_auc"] == pytest.approx(pairs([0.9, 0.8] * 12 + rights, wrongs))
 
+  class AnswersOnly(type(task)):  # like GSM8K: final answers graded, steps not
+    def check_steps(self, problem, steps):
+      raise NotImplementedError
+
+  [got] = hrm.ranking(_Pool(AnswersOnly(**task.__dict__), problems, texts),
+                      {"prm": (scorer, "last")}, 4)
+  assert got["step_auc"] is None
+  assert got["within_auc"] == pytest.approx(np.mean([1.0, 0.5, 0.0]))
+  table = hrm_report.ranking_table({"ranking": [got]})
+  assert "| PRM |  | — | " in table
+
 
 def test_the_diagnosis_names_chance_level_ranking():
   rows = [{"scorer": s, "seed": seed, "step_auc": 0.7, "solution_auc": 0.65,
