@@ -349,8 +349,9 @@ def best_paths(config, trees, problems, named_scorers) -> dict[str, list]:
   return out
 
 
-def self_training(config, workdir, policy_path, paths, problems) -> dict:
-  """Fine-tunes the policy on each reward model's paths at each KL weight; their evaluations."""
+def self_training(config, workdir, policy_path, paths, task, problems) -> dict:
+  """Fine-tunes the policy on each reward model's paths at each KL weight; their evaluations
+  and the share of the paths with a right answer."""
   out = {}
   for name, rows in paths.items():
     for weight in config.kl_weights:
@@ -359,10 +360,12 @@ def self_training(config, workdir, policy_path, paths, problems) -> dict:
         section.kl_weight = float(weight)
       directory = os.path.join(workdir, f"self_{name}_kl{weight:g}")
       examples = [(problems[p], text) for p, text in rows]
+      right = float(np.mean([task.check_answer(p, text) for p, text in examples]))
       stages.nested(lambda c, d, ex=examples: sft.train_on(c, d, ex), section, directory)
       with open(os.path.join(directory, "results.json")) as f:
         out[f"{name}_kl{weight:g}"] = {"reward_model": name, "kl_weight": float(weight),
-                                        "examples": len(examples), **json.load(f)}
+                                        "examples": len(examples), "paths_correct": right,
+                                        **json.load(f)}
   return out
 
 
@@ -414,10 +417,11 @@ def run(config, workdir: str) -> dict:
                                   task, tokenizer)
   start = stages.json_file(os.path.join(workdir, "self_training_start.json"),
                            lambda: evaluate(params, jax.random.key(config.seed + 1)))
-  trained = self_training(config, workdir, policy_path, paths, train_problems)
+  trained = self_training(config, workdir, policy_path, paths, task, train_problems)
   clock("self-training")
   summary = {"evaluation": evaluation, "ranking": ranked,
-             "reward_models": _training_losses(config, workdir, rows), "first_error": errors, "hnc": hnc,
+             "reward_models": _training_losses(config, workdir, rows), "first_error": errors,
+             "hnc": hnc,
              "records": {k: len(v) for k, v in rows.items()},
              "trees": _tree_stats(trees, workdir), "hacking": hacked,
              "self_training": trained, "self_training_start": start,

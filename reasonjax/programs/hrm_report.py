@@ -118,6 +118,8 @@ def claims(summary: dict) -> list[tuple[str, str, str]]:
       peak_n = max(ns, key=lambda n: at(method, scorer, n)[0])
       drop, spread = differ(at(method, scorer, peak_n), at(method, scorer, top))
       verdict = ("falls off" if drop > spread else "stable") if peak_n != top else "stable"
+      if at(method, scorer, peak_n)[0] == 0:  # flat at zero says nothing about stability
+        verdict = "not tested (accuracy 0 at every N)"
       out.append((f"{NAMES[scorer]} with {method}: accuracy as N grows",
                   verdict, f"peak {at(method, scorer, peak_n)[0]:.3f} at N={peak_n}, "
                   f"{at(method, scorer, top)[0]:.3f} at N={top} (drop {drop:.3f}, spread "
@@ -208,10 +210,15 @@ def page(summary: dict, *, command: str) -> str:
                  f"{first['true_accuracy']:.3f} -> {last['true_accuracy']:.3f} | {greedy} |")
   start = summary.get("self_training_start", {})
   lines += ["", "## Self-training on reward-model-selected tree paths", "",
-            f"Starting policy: greedy accuracy {start.get('accuracy', float('nan')):.3f}.", "",
-            "| reward model | KL weight | paths | greedy accuracy |", "|---|---|---|---|"]
+            "Each reward model picks paths from the trees of the problems it was trained on "
+            "(as in the paper), so the share of right paths shows how well it fits its own "
+            f"training data. Starting policy: greedy accuracy "
+            f"{start.get('accuracy', float('nan')):.3f}.", "",
+            "| reward model | KL weight | paths | paths with a right answer | greedy accuracy |",
+            "|---|---|---|---|---|"]
   for row in summary["self_training"].values():
     lines.append(f"| {NAMES[row['reward_model']]} | {row['kl_weight']:g} | {row['examples']} "
+                 f"| {row.get('paths_correct', float('nan')):.3f} "
                  f"| {row.get('accuracy', float('nan')):.3f} |")
   lines += ["", "## The paper's claims at this scale", "",
             "| claim | verdict | numbers |", "|---|---|---|"]

@@ -178,6 +178,9 @@ def test_claims_follow_the_stated_rule():
   verdicts = {c: v for c, v, _ in hrm_report.claims(_summary(acc))}
   assert verdicts["HRM beats PRM with best_of_n at N=16"] == "does not hold"
   assert verdicts["HRM with best_of_n: accuracy as N grows"] == "falls off"
+  acc[("hrm", 1)] = acc[("hrm", 4)] = acc[("hrm", 16)] = [0.0, 0.0, 0.0]
+  verdicts = {c: v for c, v, _ in hrm_report.claims(_summary(acc))}
+  assert verdicts["HRM with best_of_n: accuracy as N grows"].startswith("not tested")
   one = {k: v[:1] for k, v in acc.items()}
   assert all(v.endswith("(one seed)") for _, v, _ in hrm_report.claims(_summary(one, (0,))))
 
@@ -219,6 +222,13 @@ def test_hrm_arith_runlocal_writes_every_table_and_resumes(sft_workdir, tmp_path
     assert all(0 <= p["reward"] <= 1 and 0 <= p["true_accuracy"] <= 1 for p in hack["curve"])
   assert {(r["reward_model"], r["kl_weight"]) for r in summary["self_training"].values()} == {
       (m, w) for m in config.self_training_reward_models for w in config.kl_weights}
+  with open(os.path.join(tmp_path, "paths.json")) as f:
+    paths = json.load(f)
+  task = tasks.get_task(config.task.name, **config.task.knobs)
+  problems = task.generate(config.trees.num_problems, seed=config.seed + 1000, split="train")
+  for row in summary["self_training"].values():
+    right = [task.check_answer(problems[p], text) for p, text in paths[row["reward_model"]]]
+    assert row["paths_correct"] == pytest.approx(np.mean(right))
   assert summary["hnc"]["nodes"] == summary["trees"]["nodes"]
   with open(page) as f:
     text = f.read()
