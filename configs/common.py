@@ -29,8 +29,26 @@ AXIS_RULES = (
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
-def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1) -> ml_collections.ConfigDict:
-  """Mesh sizes; -1 takes the devices the other axes leave."""
+# (data, fsdp, tensor) for common machines. FSDP shards parameters and optimizer state over the
+# fast links (a TPU slice's ICI, a node's NVLink) and data parallelism crosses the slower ones
+# (between GPU nodes); tensor parallelism only pays off for models whose layers outgrow a device.
+MESH_PRESETS = {
+    "cpu": (-1, 1, 1),  # every device data parallel (the tests' 8 CPU devices)
+    "v5e-8": (1, 8, 1),  # one TPU v5e host: 8 chips of 16 GiB
+    "v5p-64": (1, 32, 1),  # a v5p slice of 32 chips (64 TensorCores) on 8 hosts, one ICI torus
+    "8xh100": (1, 8, 1),  # one node of 8 H100 80 GB on NVLink
+    "2x8xh100": (2, 8, 1),  # two such nodes: data parallel over InfiniBand, FSDP inside a node
+}
+
+
+def mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, preset: str | None = None
+         ) -> ml_collections.ConfigDict:
+  """Mesh sizes; -1 takes the devices the other axes leave. `preset` names a row of
+  MESH_PRESETS instead. On the command line: --config.mesh.data=2 --config.mesh.fsdp=8."""
+  if preset is not None:
+    if preset not in MESH_PRESETS:
+      raise ValueError(f"mesh preset {preset!r} is unknown; valid: {sorted(MESH_PRESETS)}")
+    data, fsdp, tensor = MESH_PRESETS[preset]
   return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
 
 
@@ -84,6 +102,8 @@ def loop(config: ml_collections.ConfigDict, *, steps: int, batch_size: int, seq_
       "accum_steps": 1, "keep_checkpoints": 2, "eval_at_start": False,
       # newest_intact, newest, or a step number: which checkpoint a rerun resumes from.
       "resume_from": "newest_intact", "optimizer": ml_collections.ConfigDict(),
+      # Refuse, at start, a run the memory planner says cannot fit (training/memory.py).
+      "check_memory": True,
       "mesh": mesh(), "axis_rules": AXIS_RULES}
   optimizer = {"weight_decay": 0.1, "clip_norm": 1.0, "b2": 0.99, "max_nonfinite_steps": 10}
   for key, value in defaults.items():

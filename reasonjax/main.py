@@ -23,7 +23,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reasonjax import checkpoint, host_memory, models, programs, workdir as workdir_lib
+from reasonjax import (checkpoint, distributed, host_memory, models, programs,
+                       workdir as workdir_lib)
 from reasonjax.programs import stages
 from reasonjax.training import loop
 
@@ -61,6 +62,15 @@ _RETAIN = flags.DEFINE_bool(
     "Keep freed host memory mapped for reuse (`host_memory.retain_freed_memory`). On CPU, XLA "
     "otherwise maps and faults in a fresh temporary buffer every step; resident memory then "
     "stays at its peak.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", distributed.MODES,
+    "Join a multi-process job (`reasonjax.distributed`): auto: when the three flags below are "
+    "given or a launcher's environment says so (SLURM, Open MPI, a Cloud TPU VM); on: always "
+    "(JAX detects what is not given); off: never.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "HOST:PORT of process 0's coordination service.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in the job.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -72,6 +82,13 @@ def main(argv):
   if not flags.FLAGS["verbosity"].present:
     # Libraries (orbax above all) log every save at INFO; --verbosity=0 shows them.
     logging.set_verbosity(logging.WARNING)
+  try:
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
+  except ValueError as e:
+    sys.exit(f"error: {e}")
+  if jax.process_index() != 0 and not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.ERROR)  # Process 0 speaks for the job.
   cache = _CACHE.value
   if cache is None:
     cache = jax.config.jax_compilation_cache_dir or os.path.join("~", ".cache", "reasonjax", "xla")
@@ -105,6 +122,9 @@ def _run(run, config, workdir: str) -> None:
   """Records the config in the workdir (warning about changes) and runs the trainer."""
   path = os.path.join(workdir, "config.json")
   text = config.to_json_best_effort(indent=2)
+  if jax.process_index() != 0:  # Process 0 records it (the workdir may be shared).
+    run(config, workdir)
+    return
   if os.path.isfile(path):
     with open(path) as f:
       changes = checkpoint.config_changes(json.load(f), json.loads(text))

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -40,12 +42,17 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *,
   if -1 in sizes:
     rest = math.prod(s for s in sizes if s != -1)
     if len(devices) % rest:
+      divisors = [d for d in range(1, len(devices) + 1) if len(devices) % d == 0]
       raise ValueError(f"mesh: {len(devices)} devices do not split into data={data}, "
-                       f"fsdp={fsdp}, tensor={tensor}")
+                       f"fsdp={fsdp}, tensor={tensor}: the fixed sizes' product {rest} must "
+                       f"divide {len(devices)} (valid sizes: {divisors})")
     sizes[sizes.index(-1)] = len(devices) // rest
   if math.prod(sizes) != len(devices):
+    divisors = [d for d in range(1, len(devices) + 1) if len(devices) % d == 0]
     raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} = "
-                     f"{math.prod(sizes)} devices, but {len(devices)} are available")
+                     f"{math.prod(sizes)} devices, but {len(devices)} are available: the "
+                     f"sizes must multiply to {len(devices)} (each one of {divisors}; one "
+                     "may be -1 to take the rest)")
   # Explicit axis types (the new default) would require sharding-aware code everywhere.
   return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
@@ -98,6 +105,45 @@ def batch_shardings(batch, mesh: Mesh, rules: Rules, *, process_count: int | Non
   return jax.tree.map(one, batch)
 
 
+def check_batch(rows: int, mesh: Mesh, rules: Rules) -> None:
+  """Raises ValueError when a global batch of `rows` does not split evenly over the mesh axes
+  that `act_batch` maps to (it would silently run unsharded, every device holding it all)."""
+  axes = dict(rules).get("act_batch") or ()
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  ways = math.prod(mesh.shape[a] for a in axes)
+  if rows % ways:
+    below, above = rows // ways * ways, (rows // ways + 1) * ways
+    raise ValueError(
+        f"the global batch of {rows} rows does not split over the mesh's batch axes "
+        f"{' x '.join(f'{a}={mesh.shape[a]}' for a in axes)} = {ways}: use a batch_size that "
+        f"is a multiple of {ways} (e.g. {below or above} or {above}), or a mesh whose "
+        "data x fsdp divides it")
+
+
+def replicated(tree, mesh: Mesh):
+  """Arrays that every process holds alike -> arrays replicated over `mesh`: what a jitted
+  program over a multi-process mesh takes (a process can only place data on its own devices)."""
+  return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+
+
+def to_host(tree):
+  """Device arrays -> numpy on every process; a multi-process array is gathered from all of
+  them (`jax.device_get` reads only arrays whose devices are all this process's)."""
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return jax.tree.map(one, tree)
+
+
 def put_batch(batch, shardings):
-  """Each process's rows of a batch -> global arrays in `shardings` (one host copy, no gather)."""
-  return jax.tree.map(lambda x, s: jax.make_array_from_process_local_data(s, x), batch, shardings)
+  """Each process's rows of a batch -> global arrays in `shardings` (one host copy). A field
+  whose rows are not split over the devices (too few of them: a rollout batch's prompts) is
+  gathered from every process first, since each device then holds all of its rows."""
+  def one(x, s):
+    if jax.process_count() > 1 and np.ndim(x) and (not s.spec or s.spec[0] is None):
+      x = multihost_utils.process_allgather(x, tiled=True)
+    return jax.make_array_from_process_local_data(s, x)
+  return jax.tree.map(one, batch, shardings)

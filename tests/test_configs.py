@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from configs import common
+from reasonjax import sharding
 from tests.conftest import run_main
 
 CONFIG_FILES = sorted(os.path.basename(f)[:-3] for f in glob.glob(
@@ -174,3 +175,16 @@ def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_pa
                  f"--config.init_from={sft_workdir}/hf", "--config.search.temperature=0.5",
                  workdir=tmp_path, env=env)
   assert out.returncode != 0 and "search.temperature: 1.0 -> 0.5" in out.stderr
+
+
+def test_mesh_presets_cover_the_devices_they_name():
+  # Devices JAX sees: v5e-N and 8xh100-style names count chips; v5p-N counts TensorCores
+  # (two per chip, one JAX device per chip).
+  chips = {"v5e-8": 8, "v5p-64": 32, "8xh100": 8, "2x8xh100": 16}
+  for name, count in chips.items():
+    sizes = common.MESH_PRESETS[name]
+    assert -1 not in sizes and np.prod(sizes) == count, name
+  mesh = sharding.make_mesh(**common.mesh(preset="cpu"))
+  assert mesh.shape == {"data": 8, "fsdp": 1, "tensor": 1}
+  with pytest.raises(ValueError, match="unknown; valid: .*v5e-8"):
+    common.mesh(preset="v6")

@@ -26,14 +26,22 @@ def test_make_mesh_sizes_and_auto_axes():
 
 
 @pytest.mark.parametrize("sizes, message", [
-    ({"data": 3}, "3 devices, but 8 are available"),
-    ({"data": -1, "fsdp": 3}, "8 devices do not split"),
+    ({"data": 3}, r"3 devices, but 8 are available: .*\(each one of \[1, 2, 4, 8\]"),
+    ({"data": -1, "fsdp": 3}, r"8 devices do not split.*valid sizes: \[1, 2, 4, 8\]"),
     ({"data": -1, "fsdp": -1}, "at most one may be -1"),
     ({"tensor": 0}, "each must be positive"),
 ])
 def test_make_mesh_rejects_bad_sizes(sizes, message):
   with pytest.raises(ValueError, match=message):
     sharding.make_mesh(**sizes)
+
+
+def test_a_batch_that_does_not_split_over_the_batch_axes_is_refused():
+  mesh = sharding.make_mesh(data=2, fsdp=2, tensor=2)
+  sharding.check_batch(8, mesh, AXIS_RULES)
+  with pytest.raises(ValueError, match=r"6 rows .* data=2 x fsdp=2 = 4: .* multiple of 4 "
+                                       r"\(e.g. 4 or 8\)"):
+    sharding.check_batch(6, mesh, AXIS_RULES)
 
 
 def test_non_dividing_mesh_axes_are_dropped():

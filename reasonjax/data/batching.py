@@ -12,8 +12,10 @@ example (`inputs` = seq[:-1], `targets` = seq[1:]), so packing several examples 
 predicts across a boundary. Batches are dicts of [B, T] arrays with `segment_ids` (0 = padding)
 and `positions` (restarting in each segment), which `models.Model` takes directly.
 
-Each process reads only its shard (`process_index` of `process_count`, interleaved), shuffles it
-with the shared seed, and reshuffles every epoch; the iterator state restores the exact order.
+All processes shuffle the examples alike (the shared seed, a new order every epoch) and each
+reads only its rows of every global batch: process i of n takes rows [i*B, (i+1)*B) of each n*B
+rows. Unpacked global batches are therefore the same whatever the process count; packed ones
+are packed per process, so they differ with it. The iterator state restores the exact order.
 """
 
 from __future__ import annotations
@@ -103,6 +105,37 @@ def _unpack_names(batch: dict[str, Any]) -> dict[str, np.ndarray]:
   return out
 
 
+class _GlobalPosition:
+  """An unpacked iterator whose state counts rows of the global batches: a checkpoint written
+  by n processes restores in any other number of them (the global batches are the same)."""
+
+  def __init__(self, rows: grain.DatasetIterator, count: int):
+    self._rows, self._count = rows, count
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    return next(self._rows)
+
+  def get_state(self) -> dict[str, Any]:
+    state = self._rows.get_state()
+    return state | {"next_index": state["next_index"] * self._count}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._rows.set_state(state | {"next_index": state["next_index"] // self._count})
+
+
+def _rows_of_process(dataset: grain.MapDataset, rows: int, index: int, count: int
+                     ) -> grain.MapDataset:
+  """Element k of process `index` is element (k // rows) * rows * count + index * rows +
+  k % rows of `dataset`: its `rows` of every `rows * count`. Lazy: a lazy `dataset` (e.g. a
+  data source mapped through a tokenizer) is read only at this process's elements."""
+  block = rows * count
+  return grain.MapDataset.range(len(dataset) // block * rows).map(
+      lambda k: dataset[k // rows * block + index * rows + k % rows])
+
+
 def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack: bool = False,
             seed: int = 0, shuffle: bool = True, num_epochs: int | None = None,
             process_index: int = 0, process_count: int = 1, drop_too_long: bool = False
@@ -116,7 +149,7 @@ def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack:
     seq_len: T; longer examples are truncated, or dropped with `drop_too_long`.
     pack: first-fit packing of several examples per row (needs `inputs`; SFT and PRM).
     num_epochs: None repeats forever; the last partial batch of a finite run is dropped.
-    process_index, process_count: this process's interleaved shard of `examples`.
+    process_index, process_count: this process's rows of each global batch (module docstring).
 
   Returns:
     A grain `DatasetIterator`: `next()` gives a batch; `get_state()` / `set_state()` save and
@@ -126,15 +159,23 @@ def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack:
     raise ValueError(f"process_index={process_index} must be in [0, {process_count})")
   if len(examples) < process_count:
     raise ValueError(f"{len(examples)} examples cannot be sharded over {process_count} processes")
-  # A lazy sequence (e.g. a data source mapped through a tokenizer) is read only on this shard.
-  dataset = grain.MapDataset.source(examples)[process_index::process_count]
+  dataset = grain.MapDataset.source(examples)
   if shuffle:
     dataset = dataset.shuffle(seed=seed)  # Before repeat: a new order every epoch.
-  dataset = dataset.repeat(num_epochs).to_iter_dataset()
+  dataset = dataset.repeat(num_epochs)
+  if process_count > 1:
+    dataset = _rows_of_process(dataset, batch_size, process_index, process_count)
+  dataset = dataset.to_iter_dataset()
   if drop_too_long:
     dataset = dataset.filter(lambda e: all(v.ndim == 0 or len(v) <= seq_len for v in e.values()))
   if not pack:
-    return iter(dataset.map(lambda e: pad_example(e, seq_len)).batch(batch_size, drop_remainder=True))
+    rows = iter(dataset.map(lambda e: pad_example(e, seq_len)).batch(batch_size,
+                                                                     drop_remainder=True))
+    return rows if process_count == 1 else _GlobalPosition(rows, process_count)
+  if process_count > 1:
+    # Each process packs its own rows: the position of one would not restore the others'.
+    raise ValueError("pack=True with several processes: packed batches are made per process "
+                     "and cannot yet be checkpointed as one job; set pack=False (config.pack)")
   if "inputs" not in examples[0]:
     raise ValueError("pack=True needs examples with `inputs` (sft_example or prm_example)")
   # Truncate first: the packer cannot place an example longer than a row.

@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from reasonjax import models
+from reasonjax import models, sharding
 from reasonjax.data import batching
 from reasonjax.data.tasks import Task
 from reasonjax.losses import policy, tokens
@@ -142,23 +143,32 @@ class Rollouts:
     self.pending: list[dict[str, np.ndarray]] = []
 
   def next_batch(self, params) -> dict[str, np.ndarray]:
+    """This process's rows of the next minibatch (all of it in a single-process job)."""
     if not self.pending:
       self.pending = self._iteration(params)
-    return self.pending.pop(0)
+    batch = self.pending.pop(0)
+    count, index = jax.process_count(), jax.process_index()
+    groups = len(batch["prompt_inputs"]) // count
+    # The loop places process i's rows i-th in the global batch: the minibatch as it is.
+    return {k: v[index * groups:(index + 1) * groups] if k.startswith("prompt_") else
+            v[index * groups * self.group:(index + 1) * groups * self.group]
+            for k, v in batch.items()}
 
   def _iteration(self, params) -> list[dict[str, np.ndarray]]:
     """Samples, scores and splits one iteration's rollouts into epochs x minibatches."""
     prompt_batch = next(self.prompts)
     rng = jax.random.fold_in(jax.random.key(self.seed + 3), self.iteration)
     start = time.perf_counter()
-    output = jax.device_get(sampler_lib.sample(
+    # Every process samples the same prompts (and gets every row back): the work is spread
+    # over the devices of the global mesh, and each process then scores its share.
+    output = sharding.to_host(sampler_lib.sample(
         self.model, params, prompt_batch["prompt"], prompt_batch["prompt_length"], rng,
         self.sampling))
     sample_s = time.perf_counter() - start
     problems = [self.problems[int(i)] for i in prompt_batch["index"] for _ in range(self.group)]
     texts = sampling_texts.decode_rows(self.tokenizer, output)
     start = time.perf_counter()
-    rewards, reward_metrics = self.scorer(problems, texts, group_size=self.group)
+    rewards, reward_metrics = _score_shared(self.scorer, problems, texts, self.group)
     score_s = time.perf_counter() - start
     advantages = np.asarray(policy.group_advantages(rewards, self.group, **self.advantage))
     batch = rollout_batch(prompt_batch["prompt"], prompt_batch["prompt_length"], output,
@@ -185,6 +195,8 @@ class Rollouts:
         out.append({k: v[part if k.startswith("prompt_") else samples] for k, v in batch.items()})
     return out
 
+  # The state holds whole minibatches, the same in every process: it restores under any
+  # process count.
   def get_state(self) -> dict:
     return {"prompts": self.prompts.get_state(), "iteration": self.iteration,
             "pending": [{k: [v.dtype.str, v.tolist()] for k, v in b.items()}
@@ -195,6 +207,21 @@ class Rollouts:
     self.iteration = state["iteration"]
     self.pending = [{k: np.asarray(v, np.dtype(dtype)) for k, (dtype, v) in b.items()}
                     for b in state["pending"]]
+
+
+def _score_shared(scorer, problems, texts, group: int) -> tuple[np.ndarray, dict]:
+  """`scorer` on all rows, each process scoring its contiguous share of whole groups; rewards
+  [N] and the metrics' means, the same on every process."""
+  count, index = jax.process_count(), jax.process_index()
+  if count == 1:
+    return scorer(problems, texts, group_size=group)
+  share = len(texts) // count
+  mine = slice(index * share, (index + 1) * share)
+  rewards, metrics = scorer(problems[mine], texts[mine], group_size=group)
+  keys = sorted(metrics)
+  rewards = multihost_utils.process_allgather(np.asarray(rewards, np.float32)).reshape(-1)
+  means = multihost_utils.process_allgather(np.asarray([metrics[k] for k in keys])).mean(0)
+  return rewards, dict(zip(keys, means.tolist()))
 
 
 def results_table(start: dict[str, float], final: dict[str, float]) -> str:
@@ -242,6 +269,11 @@ def _check_minibatches(prompts: int, minibatches: int) -> None:
     raise ValueError(f"rollouts.prompts={prompts} groups must split into "
                      f"config.minibatches={minibatches} equal minibatches (a minibatch holds "
                      "whole groups)")
+  count = jax.process_count()
+  if prompts // minibatches % count:
+    raise ValueError(f"a minibatch of rollouts.prompts / config.minibatches = "
+                     f"{prompts // minibatches} groups must split over the job's {count} "
+                     f"processes (each trains on whole groups): make it a multiple of {count}")
 
 
 def make_scorer(config, task: Task, tokenizer):
@@ -264,7 +296,6 @@ def make_scorer(config, task: Task, tokenizer):
 def run(config, workdir: str) -> dict:
   """Evaluates the starting policy, trains with GRPO, evaluates; returns the results."""
   check_config(config)
-  stages.single_process("grpo")
   task, tokenizer = experiment.task_and_tokenizer(config)
   _, cfg, params = stages.load_policy(config, workdir)
   model = models.Model(cfg)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reasonjax import sharding
 from reasonjax.models import Model, prefill, unstack_layers
 from reasonjax.models.decoder import KVCache, SharedPrefixCache
 from reasonjax.sampling.processors import sample_tokens
@@ -266,7 +267,10 @@ def sample(model: Model, params, prompt_tokens, prompt_lengths, rng: Array,
   Returns:
     `SamplingOutput` with B * num_samples rows.
   """
-  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  leaf = jax.tree.leaves(params)[0]
+  mesh = (leaf.sharding.mesh if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
+          else None)  # a multi-process mesh: inputs placed on it (below)
+  prompt_tokens = (np.asarray if mesh else jnp.asarray)(prompt_tokens, np.int32)
   if prompt_tokens.ndim != 2:
     raise ValueError(f"prompt_tokens must be int32 [B, P], got shape {prompt_tokens.shape}")
   batch, width = prompt_tokens.shape
@@ -277,9 +281,16 @@ def sample(model: Model, params, prompt_tokens, prompt_lengths, rng: Array,
     if lengths.min() < 1 or lengths.max() > width:
       raise ValueError(f"prompt_lengths must be in [1, {width}] (the prompt_tokens width), got "
                        f"{lengths.min()}..{lengths.max()}")
-  prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
   bucket = bucket_length(width)
-  prompt_tokens = jnp.pad(prompt_tokens, ((0, 0), (0, bucket - width)))
+  if mesh is None:
+    prompt_lengths = jnp.asarray(prompt_lengths, jnp.int32)
+    prompt_tokens = jnp.pad(prompt_tokens, ((0, 0), (0, bucket - width)))
+  else:
+    # Every process passes the same prompts (and rng); the output is global too: read it with
+    # `sharding.to_host`.
+    prompt_tokens, prompt_lengths, rng = sharding.replicated(
+        (np.pad(prompt_tokens, ((0, 0), (0, bucket - width))),
+         np.asarray(prompt_lengths, np.int32), rng), mesh)
   return _generate(params, prompt_tokens, prompt_lengths, rng, model=model, config=config)
 
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import tqdm
 
+from reasonjax import sharding
 from reasonjax.sampling.sampler import EOS, SamplingConfig, SamplingOutput, sample
 
 
@@ -41,13 +42,13 @@ def sample_chunks(model, params, tokens: np.ndarray, lengths: np.ndarray, rng: j
   two (a few shapes, and a small call does not pay for a full batch). Call i uses
   fold_in(rng, i). tokens: int32 [N, P] right-padded; lengths: int32 [N]."""
   starts = range(0, len(tokens), batch_size)
-  for i, start in enumerate(tqdm.tqdm(starts, desc=progress, disable=progress is None,
-                                      leave=False)):
+  for i, start in enumerate(tqdm.tqdm(starts, desc=progress, leave=False,
+                                      disable=progress is None or jax.process_index() != 0)):
     real = min(batch_size, len(tokens) - start)
     size = min(batch_size, 1 << (real - 1).bit_length()) if shrink else batch_size
     rows = np.arange(start, start + size)
     rows = np.where(rows < start + real, rows, start)
-    yield real, jax.device_get(sample(model, params, tokens[rows], lengths[rows],
+    yield real, sharding.to_host(sample(model, params, tokens[rows], lengths[rows],
                                       jax.random.fold_in(rng, i), config))
 
 

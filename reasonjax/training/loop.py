@@ -22,7 +22,9 @@ What it guarantees:
 
 Config fields read here: seed, steps, accum_steps, log_every, eval_every, eval_at_start,
 checkpoint_every (0: only at the end and when stopped), keep_checkpoints, resume_from, optimizer,
-mesh, axis_rules (`configs/common.py:loop`); `check_config` validates them.
+mesh, axis_rules (`configs/common.py:loop`); `check_config` validates them. The memory per device
+is planned and printed before the step compiles, and a run that cannot fit is refused
+(`memory.DoesNotFit`) unless `check_memory` is False.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from reasonjax import checkpoint, metrics as metrics_lib, models, sharding
 from reasonjax.models import ModelConfig
-from reasonjax.training import optim, state as state_lib, step as step_lib
+from reasonjax.training import memory, optim, state as state_lib, step as step_lib
 
 
 class Preempted(Exception):  # noqa: N818 -- it is not an error: rerun the command to resume.
@@ -69,6 +72,10 @@ def check_config(config) -> None:
   for name in positive:
     if name in config and not config[name] >= 1:
       raise ValueError(f"config.{name}={config[name]!r}; expected a positive integer")
+  if "batch_size" in config and config.batch_size % jax.process_count():
+    count = jax.process_count()
+    raise ValueError(f"config.batch_size={config.batch_size} is the global batch: it must split "
+                     f"evenly over the job's {count} processes (use a multiple of {count})")
   for name in ("checkpoint_every", "eval_every"):
     if not config[name] >= 0:
       raise ValueError(f"config.{name}={config[name]!r}; expected 0 (off: only at the end) or a "
@@ -88,6 +95,21 @@ PROGRESS = {"loss": "loss", "reward": "rollout_reward_mean", "tokens/s": "tokens
             "mfu": "mfu"}
 
 
+def _say(text: str) -> None:
+  """A line above the progress bar, from process 0 only (it speaks for the job)."""
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(text)
+
+
+def _agreed_stop(request: dict[str, int | None]) -> int | None:
+  """The signal any process got, seen by all at the same step: processes that stopped at
+  different steps would wait forever in each other's collectives. One process: its own."""
+  if jax.process_count() == 1:
+    return request["signum"]
+  signums = multihost_utils.process_allgather(np.int32(request["signum"] or 0))
+  return int(signums.max()) or None
+
+
 @contextlib.contextmanager
 def _stop_requests():
   """A dict whose `signum` is set by the first SIGTERM/SIGINT; a second SIGINT aborts."""
@@ -100,8 +122,8 @@ def _stop_requests():
     if request["signum"] is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
     request["signum"] = signum
-    tqdm.tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
-                    "(Ctrl-C again aborts without saving)")
+    _say(f"{signal.Signals(signum).name}: saving a checkpoint after this step "
+         "(Ctrl-C again aborts without saving)")
 
   previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
   try:
@@ -183,7 +205,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       start, state, data_state = found
       if data_state is not None:
         batches.set_state(data_state)
-      tqdm.tqdm.write(f"resumed from the checkpoint of step {start} in {ckpt.directory}")
+      _say(f"resumed from the checkpoint of step {start} in {ckpt.directory}")
     else:
       start = None
       state, _ = state_lib.init_state(cfg, tx, jax.random.key(config.seed), mesh=mesh,
@@ -194,6 +216,16 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     step = int(state.step)
     data_state = batches.get_state()  # The position after the last trained batch.
     host_batch = _next_batch(batches, state) if step < config.steps else None
+    if host_batch is not None:
+      # The longest field (a rollout batch's samples, not its prompts) carries the work.
+      rows = max(len(v) for v in host_batch.values()) * jax.process_count()
+      sharding.check_batch(rows, mesh, rules)
+      # Before compiling the step: the memory breakdown, and a run that cannot fit refused.
+      plan = memory.plan_for_run(config, cfg, mesh.shape, host_batch, reference=bool(frozen_args))
+      available = memory.device_memory()
+      _say(memory.format_plan(plan, available))
+      if config.get("check_memory", True):
+        memory.check_fits(plan, available)
     batch_shardings = (sharding.batch_shardings(host_batch, mesh, rules)
                        if host_batch is not None else None)
     train_step = step_lib.jit_train_step(
@@ -216,22 +248,21 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     def run_eval(at_step: int) -> dict[str, float]:
       result = evaluate(state.params, jax.random.fold_in(jax.random.key(config.seed + 1), at_step))
       writer.write(at_step, result, prefix="eval")
-      tqdm.tqdm.write(f"step {at_step} eval: " +
-                      " ".join(f"{k}={v:.4g}" for k, v in result.items()))
+      _say(f"step {at_step} eval: " + " ".join(f"{k}={v:.4g}" for k, v in result.items()))
       return result
 
     def save(at_step: int) -> None:
       nonlocal last_saved
       if streak:
-        tqdm.tqdm.write(f"step {at_step}: no checkpoint while updates are skipped ({streak} "
-                        "non-finite in a row); the last one is of step "
-                        f"{last_saved if last_saved is not None else '(none)'}")
+        _say(f"step {at_step}: no checkpoint while updates are skipped ({streak} "
+             "non-finite in a row); the last one is of step "
+             f"{last_saved if last_saved is not None else '(none)'}")
         return
       ckpt.save(at_step, state, data_state, config=config_dict, force=True)
       last_saved = at_step
 
     bar = tqdm.tqdm(total=config.steps, initial=step, desc=config.get("name", "train"),
-                    dynamic_ncols=True)
+                    dynamic_ncols=True, disable=jax.process_index() != 0)
     closing.callback(bar.close)
     timer = None  # (time, step) of the last metrics read; None after a pause (compile, eval)
 
@@ -266,7 +297,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     if evaluate is not None and config.eval_at_start and step == 0:
       run_eval(0)
     with _stop_requests() as stop:
-      while step < config.steps and stop["signum"] is None:
+      while step < config.steps and (signum := _agreed_stop(stop)) is None:
         fingerprint = batch_fingerprint(host_batch)
         state, device_metrics = train_step(
             state, sharding.put_batch(host_batch, batch_shardings), *frozen_args)
@@ -293,11 +324,11 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
           save(step)
       if pending is not None:
         report(*pending)
-      if stop["signum"] is not None:
+      if step < config.steps:
         if last_saved != step:
           save(step)
         ckpt.wait()
-        raise Preempted(stop["signum"], step, last_saved)
+        raise Preempted(signum, step, last_saved)
     if evaluate is not None and not final_eval:
       final_eval = run_eval(step)
   return state, final_eval

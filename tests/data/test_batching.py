@@ -102,9 +102,25 @@ def test_lazy_examples_are_made_only_for_this_process():
 
   lazy = grain.MapDataset.range(len(PROBLEMS)).map(make)
   it = batching.batches(lazy, batch_size=5, seq_len=64, num_epochs=1, process_index=1,
-                        process_count=4)
-  assert sorted(int(i) for batch in it for i in batch["index"]) == list(range(1, 60, 4))
-  assert set(made) == set(range(1, 60, 4))
+                        process_count=4, shuffle=False)
+  # Rows 5-9 of each global batch of 20.
+  want = [i for start in (5, 25, 45) for i in range(start, start + 5)]
+  assert [int(i) for batch in it for i in batch["index"]] == want
+  assert set(made) == set(want)
+
+
+def test_global_batches_do_not_depend_on_the_process_count():
+  def global_batches(count, steps=4):
+    its = [batching.batches(SFT * 4, batch_size=4 // count, seq_len=16, seed=3,
+                            process_index=i, process_count=count) for i in range(count)]
+    return [np.concatenate([next(it)["inputs"] for it in its]) for _ in range(steps)]
+
+  one, two, four = global_batches(1), global_batches(2), global_batches(4)
+  assert all(np.array_equal(a, b) for a, b in zip(one, two))
+  assert all(np.array_equal(a, b) for a, b in zip(one, four))
+  assert not np.array_equal(one[0], one[1])
+  with pytest.raises(ValueError, match="pack=True with several processes.*set pack=False"):
+    batching.batches(SFT, batch_size=2, seq_len=16, pack=True, process_index=0, process_count=2)
 
 
 def test_prompt_batches_give_lengths():
@@ -141,3 +157,20 @@ def test_errors_are_named():
     batching.batches(prompts, batch_size=2, seq_len=8, pack=True)
   with pytest.raises(ValueError, match="2 steps but 1 labels"):
     batching.prm_example(TOK, "q", ["a", "b"], [1.0])
+
+
+def test_an_unpacked_position_restores_under_another_process_count():
+  one = batching.batches(SFT, batch_size=4, seq_len=16, seed=2)
+  for _ in range(3):
+    next(one)
+  state = one.get_state()
+  want = next(one)["inputs"]
+  two = [batching.batches(SFT, batch_size=2, seq_len=16, seed=2, process_index=i,
+                          process_count=2) for i in range(2)]
+  for it in two:
+    it.set_state(state)
+  assert np.array_equal(np.concatenate([next(it)["inputs"] for it in two]), want)
+  # And back: the two processes' state (the same on both) restores in one.
+  after = next(one)["inputs"]  # one has now given batches 0-4
+  one.set_state(two[1].get_state())  # two have given batches 0-3
+  assert np.array_equal(next(one)["inputs"], after)

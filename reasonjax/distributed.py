@@ -1,0 +1,78 @@
+"""Joining a multi-process JAX job (`jax.distributed`): one Python process per host (or per
+group of local devices), all running the same program on one global device mesh.
+
+    distributed.initialize("auto")   # in reasonjax.main, before anything touches a device
+
+Where the job's shape comes from, first match wins:
+  1. explicit `coordinator_address`, `num_processes`, `process_id` (`launch/local.py` passes
+     them; on CPU the processes talk through gloo collectives);
+  2. a launcher's environment that JAX reads itself: SLURM (`srun`, SLURM_NTASKS > 1), Open MPI
+     (`mpirun`, OMPI_COMM_WORLD_SIZE > 1), or a Cloud TPU VM (a TPU runtime and TPU chips on
+     this host; JAX asks the VM's metadata server for the slice's workers);
+  3. none: one process, nothing to initialise.
+`mode="on"` always calls `jax.distributed.initialize` (letting JAX detect what is not given);
+`mode="off"` never does.
+
+After it, process 0 alone writes logs, progress bars, metrics and exports (the programs check
+`jax.process_index()`), and every process reads only its share of each global batch.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+from collections.abc import Mapping
+
+import jax
+from absl import logging
+
+MODES = ("auto", "on", "off")
+
+
+def _tpu_vm() -> bool:
+  """A TPU runtime is installed and TPU chips are attached (/dev/accel* or /dev/vfio/*)."""
+  return (importlib.util.find_spec("libtpu") is not None
+          and bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*")))
+
+
+def cluster(env: Mapping[str, str] = os.environ) -> str | None:
+  """The multi-process launcher that started this process: "slurm", "ompi", "tpu" or None."""
+  if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_STEP_NODELIST" in env:
+    return "slurm"
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "ompi"
+  return "tpu" if _tpu_vm() else None
+
+
+def initialize(mode: str = "auto", coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None) -> bool:
+  """Joins the job (module docstring); True when this process is part of a multi-process job.
+
+  Raises:
+    ValueError: an unknown mode, or only some of the three explicit fields given.
+  """
+  if mode not in MODES:
+    raise ValueError(f"--distributed={mode!r}; expected one of {MODES}")
+  explicit = {"coordinator_address": coordinator_address, "num_processes": num_processes,
+              "process_id": process_id}
+  given = [k for k, v in explicit.items() if v is not None]
+  if given and len(given) < 3:
+    missing = sorted(set(explicit) - set(given))
+    raise ValueError(f"--{', --'.join(given)} given without --{', --'.join(missing)}: a "
+                     "process joins a job with all three, or none (detected from the launcher)")
+  if mode == "off":
+    if given:
+      raise ValueError("--distributed=off with --coordinator_address: drop one of them")
+    return False
+  found = "flags" if given else cluster()
+  if mode == "auto" and found is None:
+    return False
+  if found == "flags":
+    # Harmless on accelerators; on CPU it is what carries the cross-process collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  logging.info("process %d of %d (%s), %d local devices of %d", jax.process_index(),
+               jax.process_count(), found or "detected by JAX", jax.local_device_count(),
+               jax.device_count())
+  return jax.process_count() > 1

@@ -1,0 +1,127 @@
+"""Multi-process jobs on 127.0.0.1: `launch/local.py` against one process on as many devices."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from launch import local
+from tests.conftest import REPO, run_main
+
+# runlocal's SFT, cut to a few steps; unpacked, so the global batches do not depend on the
+# process count (`data.batching`); no evaluation (this test is about training).
+SFT = ["--config=configs/sft_arith.py:runlocal", "--config.steps=5", "--config.pack=false",
+       "--config.eval.num_problems=0", "--config.checkpoint_every=2", "--config.log_every=1"]
+
+
+def _losses(workdir, key="loss") -> dict[int, float]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {row["step"]: row[key] for row in map(json.loads, f) if key in row}
+
+
+def _launch(args, workdir, *, processes=2, devices=4, **kwargs) -> subprocess.Popen:
+  return subprocess.Popen(
+      [sys.executable, "-m", "launch.local", f"--num_processes={processes}",
+       f"--devices_per_process={devices}", f"--log_dir={workdir}_logs", "--grace_s=20", "--",
+       *args, f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_the_dry_run_prints_one_command_per_process(capsys):
+  assert local.main(["--num_processes=3", "--dry_run", "--", "--config=c.py", "--workdir=w"]) == 0
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert len(lines) == 3
+  port = {line.split("--coordinator_address=127.0.0.1:")[1].split()[0] for line in lines}
+  assert len(port) == 1  # one coordinator for all
+  for i, line in enumerate(lines):
+    assert line.startswith("JAX_NUM_CPU_DEVICES=4 ")
+    assert "-m reasonjax.main --config=c.py --workdir=w" in line
+    assert line.endswith(f"--num_processes=3 --process_id={i}")
+
+
+def test_the_environment_drops_the_forced_device_count():
+  env = local.environment({"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_a=1",
+                           "HOME": "/h"}, 4)
+  assert env == {"XLA_FLAGS": "--xla_a=1", "HOME": "/h", "JAX_PLATFORMS": "cpu",
+                 "JAX_NUM_CPU_DEVICES": "4"}
+
+
+def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_path):
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  proc = _launch(SFT, two)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  # Process 0 speaks for the job: one progress bar, one workdir line.
+  assert out.count("sft: workdir") == 1 and "process_1.log" not in err
+  ref = run_main(*SFT, workdir=one)  # one process, the suite's 8 devices
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  got, want = _losses(two), _losses(one)
+  assert sorted(got) == sorted(want) == [1, 2, 3, 4, 5]
+  # The same global batches and parameters; only the all-reduce's summation order differs
+  # (float32 rounding, ~1e-7 relative per step), which 5 Adam steps leave far below 1e-4.
+  np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                             rtol=1e-4)
+  # The two-process checkpoint of step 4 resumes in one process: step 5 as both runs had it.
+  resumed = str(tmp_path / "resumed")
+  shutil.copytree(os.path.join(two, "checkpoints"), os.path.join(resumed, "checkpoints"))
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "5"))
+  out = run_main(*SFT, workdir=resumed)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "resumed from the checkpoint of step 4" in out.stderr + out.stdout
+  assert _losses(resumed)[5] == pytest.approx(want[5], rel=1e-4)
+
+
+def test_a_sigterm_to_one_process_checkpoints_and_stops_them_all(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = [a for a in SFT if not a.startswith("--config.steps")] + ["--config.steps=400",
+                                                                     "--config.checkpoint_every=0"]
+  proc = _launch(args, workdir)
+  log = f"{workdir}_logs/process_1.log"
+  deadline = time.monotonic() + 300
+  # Training (the signal handlers installed) once a step was logged.
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  while not (os.path.isfile(metrics) and "loss" in open(metrics).read()):
+    assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+    time.sleep(0.5)
+  pid = int(subprocess.check_output(["pgrep", "-f", "--", f"--workdir={workdir} .*--process_id=1"]))
+  os.kill(pid, signal.SIGTERM)
+  out, err = proc.communicate(timeout=300)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+  assert "stopped by SIGTERM at step" in err and "after saving a checkpoint" in err
+  with open(log) as f:
+    assert "stopped by SIGTERM at step" in f.read()
+  saved = [int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()]
+  assert len(saved) == 1 and 0 < saved[0] < 400
+
+
+def test_two_processes_run_grpo_like_one(sft_workdir, tmp_path):
+  # Two iterations of runlocal's GRPO (two minibatches each: each process trains on its half
+  # of every minibatch's groups) from the shared SFT export, with the start and end evaluation.
+  args = ["--config=configs/grpo_arith.py:runlocal", f"--config.init_from={sft_workdir}/hf",
+          "--config.steps=4", "--config.minibatches=2", "--config.rollouts.prompts=8",
+          "--config.eval.num_problems=8"]
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  proc = _launch(args, two)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  ref = run_main(*args, workdir=one)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  # Same rollouts (the sampler's draws do not depend on the sharding) and the same minibatches
+  # (a minibatch's prompts and samples in the same rows); float32 summation order aside, the
+  # same numbers. The loss starts near 0 (ratio 1, advantages of mean 0 in each group): the
+  # entropy and the trainer-vs-sampler log-prob gap show a misplaced row at once.
+  for key, tolerance in (("loss", 1e-5), ("entropy", 1e-4), ("logprob_gap_mean", 1e-5),
+                         ("rollout_reward_mean", 0)):
+    got, want = _losses(two, key), _losses(one, key)
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                               rtol=tolerance, atol=tolerance, err_msg=key)
+  with open(os.path.join(two, "results.json")) as f, open(os.path.join(one, "results.json")) as g:
+    a, b = json.load(f), json.load(g)
+  assert a["start"] == pytest.approx(b["start"]) and a["iterations"] == b["iterations"] == 2

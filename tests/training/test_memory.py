@@ -1,0 +1,163 @@
+"""The memory planner: against XLA's accounting of the compiled train step, the exact parameter
+and optimizer shards, the sampler's caches as the model builds them, and refusals."""
+
+import functools
+import math
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import common, sft_arith
+from configs.common import AXIS_RULES
+from reasonjax import models, sharding
+from reasonjax.data import batching, tasks, tokenizers
+from reasonjax.models import SharedPrefixCache
+from reasonjax.training import loop, memory, optim, state as state_lib, step as step_lib
+
+OPT = {"learning_rate": 1e-3, "warmup_steps": 1, "total_steps": 10}
+MESH = {"data": 2, "fsdp": 2, "tensor": 2}
+# Llama-2-7B's shapes (its published config.json).
+LLAMA2_7B = models.ModelConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                               num_layers=32, num_heads=32, num_kv_heads=32, head_dim=128,
+                               rms_norm_eps=1e-5, max_position_embeddings=4096)
+
+
+def compiled_bytes(cfg, mesh_sizes, batch_size: int, seq_len: int) -> int:
+  """Bytes per device of the real SFT train step as XLA assigns them: arguments + outputs - the
+  donated state both hold + temporaries. Compiled from abstract values: nothing is allocated."""
+  mesh = sharding.make_mesh(**mesh_sizes)
+  tx = optim.make_optimizer(OPT)
+  state, shardings = state_lib.abstract_state(cfg, tx, mesh=mesh, rules=AXIS_RULES)
+  fields = {"inputs": np.int32, "targets": np.int32, "loss_mask": np.float32,
+            "positions": np.int32, "segment_ids": np.int32}
+  host = {k: np.zeros((batch_size, seq_len), t) for k, t in fields.items()}
+  batch_shardings = sharding.batch_shardings(host, mesh, AXIS_RULES)
+  batch = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), host,
+                       batch_shardings)
+  loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
+  with sharding.axis_rules(mesh, AXIS_RULES):
+    train_step = step_lib.jit_train_step(loss_fn, tx, shardings, batch_shardings)
+    stats = train_step.lower(state, batch).compile().memory_analysis()
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+
+
+# (model, batch rows, tokens per row, the component that dominates the plan). The ~100M shape
+# scans its layers: unrolled, its train step takes 45 s to compile on CPU.
+CASES = {
+    "tiny": (models.preset("tiny"), 64, 128, "activations"),
+    "100M": (models.preset("small", scan_layers=True), 8, 128, "state"),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_the_plan_is_within_25_percent_of_the_compiled_train_step(name):
+  cfg, batch_size, seq_len, dominant = CASES[name]
+  plan = memory.plan(cfg, mesh_shape=MESH, rules=AXIS_RULES, batch_size=batch_size,
+                     seq_len=seq_len, backend="cpu")
+  measured = compiled_bytes(cfg, MESH, batch_size, seq_len)
+  state = plan.params + plan.optimizer + plan.gradients + plan.update
+  # Each case tests the part of the estimate it is meant to.
+  assert (plan.activations > state) == (dominant == "activations"), memory.format_plan(plan)
+  assert 0.75 <= plan.total / measured <= 1.25, (
+      f"planned {plan.total} vs compiled {measured} bytes:\n{memory.format_plan(plan)}")
+
+
+def test_parameter_and_optimizer_bytes_are_the_shards_jax_places():
+  cfg = models.preset("tiny")
+  mesh = sharding.make_mesh(**MESH)
+  state, _ = state_lib.abstract_state(cfg, optim.make_optimizer(OPT), mesh=mesh,
+                                      rules=AXIS_RULES)
+
+  def shard_bytes(tree):
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize
+               for x in jax.tree.leaves(tree))
+
+  plan = memory.plan(cfg, mesh_shape=mesh.shape, rules=AXIS_RULES, batch_size=8, seq_len=64)
+  assert plan.params == shard_bytes(state.params)
+  # Both Adam moments, beside a few int32 scalars (step count, skipped-update counters).
+  assert 0 <= shard_bytes(state.opt_state) - plan.optimizer <= 64
+  assert plan.params < models.param_count(cfg) * 4 / 2  # Really sharded.
+
+
+def test_the_sampler_caches_of_a_grpo_run_are_the_ones_the_model_builds():
+  cfg = models.preset("tiny")
+  config = ml_collections.ConfigDict({
+      "rollouts": {"prompts": 8, "num_samples": 4, "max_new_tokens": 48},
+      "axis_rules": AXIS_RULES, "accum_steps": 1})
+  batch = {"prompt_inputs": np.zeros((8, 20), np.int32),
+           "prompt_lengths": np.zeros((8,), np.int32),
+           "completion_inputs": np.zeros((32, 48), np.int32),
+           "loss_mask": np.zeros((32, 48), np.float32)}
+  plan = memory.plan_for_run(config, cfg, {"data": 1, "fsdp": 1, "tensor": 1}, batch,
+                             reference=True)
+  # As `sampling.sampler` builds them: each prompt once in its 32-token bucket, and each of
+  # its 4 samples' own max_new_tokens - 1 slots.
+  cache = jax.eval_shape(lambda: SharedPrefixCache.create(models.init_cache(cfg, 8, 32), 4, 47))
+  expected = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+      (cache.prefix_k, cache.prefix_v, cache.rows.k, cache.rows.v)))
+  assert plan.kv_cache == expected
+  assert plan.reference > plan.params  # Its parameters and its logits.
+  # Prompts and completions: 8 x 20 + 32 x 48 tokens, in rows of 48.
+  assert (plan.rows, plan.seq_len) == (-(-(8 * 20 + 32 * 48) // 48), 48)
+
+
+def test_a_7b_model_is_refused_on_8_cpu_devices_naming_the_numbers_and_the_knob():
+  mesh = {"data": 1, "fsdp": 8, "tensor": 1}
+  plan = memory.plan(LLAMA2_7B, mesh_shape=mesh, rules=AXIS_RULES, batch_size=8, seq_len=2048,
+                     backend="cpu")
+  # Every weight splits its `embed` dim over fsdp; the norms' scales are replicated.
+  norms = (2 * LLAMA2_7B.num_layers + 1) * LLAMA2_7B.hidden_size
+  assert plan.params == 4 * ((models.param_count(LLAMA2_7B) - norms) // 8 + norms)
+  available = memory.device_memory()
+  with open("/proc/meminfo") as f:
+    total_kib = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+  assert available[0] == pytest.approx(total_kib * 1024 / jax.local_device_count(), rel=0.01)
+  # Parameters and Adam alone exceed a device's share: no batch size makes it fit.
+  assert plan.params + plan.optimizer > available[0]
+  with pytest.raises(memory.DoesNotFit) as info:
+    memory.check_fits(plan, available)
+  message = str(info.value)
+  assert f"needs an estimated {plan.total / 2**30:.2f} GiB per device" in message
+  assert f"a device has {available[0] / 2**30:.2f} GiB" in message
+  assert "mesh.fsdp (now 8" in message and "optimizer state" in message
+  memory.check_fits(plan, (plan.total, "exactly enough"))  # The boundary fits.
+
+
+def test_the_loop_prints_the_plan_and_refuses_a_run_that_cannot_fit(tmp_path, monkeypatch,
+                                                                     capsys):
+  task, tokenizer = tasks.get_task("arithmetic"), tokenizers.load("synthetic")
+  examples = [batching.sft_example(tokenizer, task.prompt(p), p.solution)
+              for p in task.generate(32)]
+  cfg = models.preset("tiny", vocab_size=512, num_layers=1, hidden_size=32,
+                      intermediate_size=64, num_heads=2, num_kv_heads=1, head_dim=16)
+  config = sft_arith.get_config("runlocal")
+  common.loop(config, steps=1, batch_size=8, seq_len=64, learning_rate=1e-3, warmup_steps=1,
+              checkpoint_every=0)
+  loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
+  # The whole plan of this model is about 1 MiB per device.
+  monkeypatch.setattr(memory, "device_memory", lambda: (100 << 10, "a test's 100 KiB"))
+  with pytest.raises(memory.DoesNotFit, match=r"needs an estimated [\d.]+ MiB per device but a "
+                     r"device has 0.1 MiB \(a test's 100 KiB\)"):
+    loop.train(config, str(tmp_path / "refused"), cfg=cfg, loss_fn=loss_fn,
+               batches=batching.batches(examples, batch_size=8, seq_len=64))
+  printed = capsys.readouterr().out
+  assert "memory per device (estimate)" in printed and "total (peak)" in printed
+  saved = tmp_path / "refused" / "checkpoints"
+  assert not saved.exists() or not os.listdir(saved)
+  # check_memory=False goes on to compile the step (the estimate may be wrong for a new model).
+
+  class Compiling(Exception):
+    pass
+
+  def jit_train_step(*args, **kwargs):
+    raise Compiling
+
+  monkeypatch.setattr(step_lib, "jit_train_step", jit_train_step)
+  config.check_memory = False
+  with pytest.raises(Compiling):
+    loop.train(config, str(tmp_path / "forced"), cfg=cfg, loss_fn=loss_fn,
+               batches=batching.batches(examples, batch_size=8, seq_len=64))
