@@ -337,7 +337,8 @@ def _layer_class(cfg: ModelConfig):
   """DecoderLayer, under the configured activation checkpointing."""
   if cfg.remat == "none":
     return DecoderLayer
-  return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+  return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat],
+                  prevent_cse=not cfg.scan_layers)
 
 
 def init_boxed_params(cfg: ModelConfig, rng: Array):

@@ -75,6 +75,15 @@ def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_p
   assert out.returncode == 0, out.stderr[-3000:]
   assert "resumed from the checkpoint of step 4" in out.stderr + out.stdout
   assert _losses(resumed)[5] == pytest.approx(want[5], rel=1e-4)
+  # And the one-process checkpoint of step 4 in two processes.
+  resumed = str(tmp_path / "resumed_in_two")
+  shutil.copytree(os.path.join(one, "checkpoints"), os.path.join(resumed, "checkpoints"))
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "5"))
+  proc = _launch(SFT, resumed)
+  out, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  assert "resumed from the checkpoint of step 4" in out + err
+  assert _losses(resumed)[5] == pytest.approx(want[5], rel=1e-4)
 
 
 def test_a_sigterm_to_one_process_checkpoints_and_stops_them_all(tmp_path):
