@@ -126,6 +126,21 @@ def replicated(tree, mesh: Mesh):
   return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
 
 
+def multi_process_mesh(params) -> Mesh | None:
+  """The mesh of `params` when it spans several processes' devices, else None."""
+  leaf = jax.tree.leaves(params)[0]
+  if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+    return leaf.sharding.mesh
+  return None
+
+
+def inputs_like(tree, params):
+  """Host inputs of a program over `params`: as they are, or replicated over `params`' mesh when
+  it spans several processes (every process passing the same inputs)."""
+  mesh = multi_process_mesh(params)
+  return tree if mesh is None else replicated(tree, mesh)
+
+
 def to_host(tree):
   """Device arrays -> numpy on every process; a multi-process array is gathered from all of
   them (`jax.device_get` reads only arrays whose devices are all this process's)."""

@@ -14,8 +14,9 @@ and `positions` (restarting in each segment), which `models.Model` takes directl
 
 All processes shuffle the examples alike (the shared seed, a new order every epoch) and each
 reads only its rows of every global batch: process i of n takes rows [i*B, (i+1)*B) of each n*B
-rows. Unpacked global batches are therefore the same whatever the process count; packed ones
-are packed per process, so they differ with it. The iterator state restores the exact order.
+rows. Unpacked global batches are therefore the same whatever the process count, and so is
+their position; packed ones are packed per process, so they and their positions differ with it.
+The iterator state restores the exact order.
 """
 
 from __future__ import annotations
@@ -126,6 +127,20 @@ class _GlobalPosition:
     self._rows.set_state(state | {"next_index": state["next_index"] // self._count})
 
 
+class _ProcessLocalPosition(_GlobalPosition):
+  """A packed iterator of one of several processes: each packs its own rows, so its position
+  is its own ("process_local"); a checkpoint keeps every process's (`training.loop`)."""
+
+  def __init__(self, rows: grain.DatasetIterator):
+    super().__init__(rows, 1)
+
+  def get_state(self) -> dict[str, Any]:
+    return self._rows.get_state() | {"process_local": True}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._rows.set_state({k: v for k, v in state.items() if k != "process_local"})
+
+
 def _rows_of_process(dataset: grain.MapDataset, rows: int, index: int, count: int
                      ) -> grain.MapDataset:
   """Element k of process `index` is element (k // rows) * rows * count + index * rows +
@@ -172,10 +187,6 @@ def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack:
     rows = iter(dataset.map(lambda e: pad_example(e, seq_len)).batch(batch_size,
                                                                      drop_remainder=True))
     return rows if process_count == 1 else _GlobalPosition(rows, process_count)
-  if process_count > 1:
-    # Each process packs its own rows: the position of one would not restore the others'.
-    raise ValueError("pack=True with several processes: packed batches are made per process "
-                     "and cannot yet be checkpointed as one job; set pack=False (config.pack)")
   if "inputs" not in examples[0]:
     raise ValueError("pack=True needs examples with `inputs` (sft_example or prm_example)")
   # Truncate first: the packer cannot place an example longer than a row.
@@ -183,4 +194,5 @@ def batches(examples: Sequence[Example], *, batch_size: int, seq_len: int, pack:
   packed = grain.experimental.FirstFitPackIterDataset(
       dataset, length_struct={k: seq_len for k in examples[0]}, num_packing_bins=batch_size,
       seed=seed, shuffle_bins=False)
-  return iter(packed.batch(batch_size, drop_remainder=True).map(_unpack_names))
+  rows = iter(packed.batch(batch_size, drop_remainder=True).map(_unpack_names))
+  return rows if process_count == 1 else _ProcessLocalPosition(rows)

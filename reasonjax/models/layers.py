@@ -273,6 +273,7 @@ def _blockwise_fwd(q, k, v, mask, block):
 def _blockwise_bwd(block, residuals, d_out):
   q, k, v, out, lse, mask = residuals
   d_out = _group_queries(d_out, k.shape[1])
+  q, k, mask, d_out = jax.lax.optimization_barrier((q, k, mask, d_out))
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True)
   scale = 1 / np.sqrt(q.shape[-1])
   dq_blocks = []

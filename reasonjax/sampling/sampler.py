@@ -267,9 +267,7 @@ def sample(model: Model, params, prompt_tokens, prompt_lengths, rng: Array,
   Returns:
     `SamplingOutput` with B * num_samples rows.
   """
-  leaf = jax.tree.leaves(params)[0]
-  mesh = (leaf.sharding.mesh if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable
-          else None)  # a multi-process mesh: inputs placed on it (below)
+  mesh = sharding.multi_process_mesh(params)  # not None: inputs placed on it (below)
   prompt_tokens = (np.asarray if mesh else jnp.asarray)(prompt_tokens, np.int32)
   if prompt_tokens.ndim != 2:
     raise ValueError(f"prompt_tokens must be int32 [B, P], got shape {prompt_tokens.shape}")

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from reasonjax import models
+from reasonjax import models, sharding
 from reasonjax.data import batching
 from reasonjax.data.tasks import Problem, Task
 from reasonjax.sampling import bucket_length
@@ -81,7 +81,8 @@ def score_fn(model: models.Model, batch_size: int):
       chunk = examples[start:start + batch_size]
       inputs = np.zeros((batch_size, len(chunk[0]["inputs"])), np.int32)
       inputs[:len(chunk)] = [e["inputs"] for e in chunk]
-      for row, e in zip(np.asarray(score(params, inputs)), chunk):
+      scores = sharding.to_host(score(params, sharding.inputs_like(inputs, params)))
+      for row, e in zip(scores, chunk):
         out.append(row[e["step_mask"] > 0])
     return out
 

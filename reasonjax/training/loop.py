@@ -110,6 +110,34 @@ def _agreed_stop(request: dict[str, int | None]) -> int | None:
   return int(signums.max()) or None
 
 
+def _job_data_state(state: dict) -> dict:
+  """The data position to checkpoint. A process-local one (packed batches: "process_local" in
+  it) differs between processes, and only process 0 writes the checkpoint, so it carries every
+  process's: {"processes": [state of process 0, 1, ...]}. Collective: all processes call it."""
+  if jax.process_count() == 1:
+    return state
+  text = np.frombuffer(json.dumps(state).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.int32(len(text)))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:len(text)] = text
+  texts = multihost_utils.process_allgather(padded)
+  states = [json.loads(bytes(t[:n])) for t, n in zip(texts, lengths)]
+  return {"processes": states} if any("process_local" in s for s in states) else state
+
+
+def _own_data_state(state: dict, directory: str, step: int) -> dict:
+  """This process's position from a checkpointed one (`_job_data_state`)."""
+  if "processes" not in state:
+    return state
+  if len(state["processes"]) != jax.process_count():
+    raise checkpoint.CheckpointError(
+        f"the checkpoint of step {step} in {directory} holds the data positions of "
+        f"{len(state['processes'])} processes (packed batches are made per process), and this "
+        f"job has {jax.process_count()}: resume with {len(state['processes'])} processes, or "
+        "train with pack=False, whose positions restore under any process count")
+  return state["processes"][jax.process_index()]
+
+
 @contextlib.contextmanager
 def _stop_requests():
   """A dict whose `signum` is set by the first SIGTERM/SIGINT; a second SIGINT aborts."""
@@ -204,7 +232,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     if found is not None:
       start, state, data_state = found
       if data_state is not None:
-        batches.set_state(data_state)
+        batches.set_state(_own_data_state(data_state, ckpt.directory, start))
       _say(f"resumed from the checkpoint of step {start} in {ckpt.directory}")
     else:
       start = None
@@ -258,7 +286,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
              "non-finite in a row); the last one is of step "
              f"{last_saved if last_saved is not None else '(none)'}")
         return
-      ckpt.save(at_step, state, data_state, config=config_dict, force=True)
+      ckpt.save(at_step, state, _job_data_state(data_state), config=config_dict, force=True)
       last_saved = at_step
 
     bar = tqdm.tqdm(total=config.steps, initial=step, desc=config.get("name", "train"),

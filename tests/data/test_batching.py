@@ -119,8 +119,20 @@ def test_global_batches_do_not_depend_on_the_process_count():
   assert all(np.array_equal(a, b) for a, b in zip(one, two))
   assert all(np.array_equal(a, b) for a, b in zip(one, four))
   assert not np.array_equal(one[0], one[1])
-  with pytest.raises(ValueError, match="pack=True with several processes.*set pack=False"):
-    batching.batches(SFT, batch_size=2, seq_len=16, pack=True, process_index=0, process_count=2)
+
+
+
+def test_a_packed_position_is_process_local_and_restores_exactly():
+  make = lambda: batching.batches(SFT * 4, batch_size=2, seq_len=64, pack=True, seed=1,
+                                  process_index=1, process_count=2)
+  it = make()
+  next(it)
+  state = it.get_state()
+  assert state["process_local"] is True
+  want = next(it)["inputs"]
+  again = make()
+  again.set_state(state)
+  assert np.array_equal(next(again)["inputs"], want)
 
 
 def test_prompt_batches_give_lengths():

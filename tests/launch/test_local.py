@@ -134,3 +134,42 @@ def test_two_processes_run_grpo_like_one(sft_workdir, tmp_path):
   with open(os.path.join(two, "results.json")) as f, open(os.path.join(one, "results.json")) as g:
     a, b = json.load(f), json.load(g)
   assert a["start"] == pytest.approx(b["start"]) and a["iterations"] == b["iterations"] == 2
+
+
+def test_packed_batches_resume_in_the_same_number_of_processes(tmp_path):
+  # runlocal's SFT packs its examples, each process its own rows: a checkpoint keeps every
+  # process's data position.
+  args = ["--config=configs/sft_arith.py:runlocal", "--config.steps=4",
+          "--config.eval.num_problems=0", "--config.checkpoint_every=2", "--config.log_every=1"]
+  full, resumed = str(tmp_path / "full"), str(tmp_path / "resumed")
+  proc = _launch(args, full)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  with open(os.path.join(full, "checkpoints", "2", "data", "metadata")) as f:
+    assert len(json.load(f)["processes"]) == 2
+  shutil.copytree(os.path.join(full, "checkpoints", "2"),
+                  os.path.join(resumed, "checkpoints", "2"))
+  proc = _launch(args, resumed)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  want, got = _losses(full), _losses(resumed)
+  assert sorted(got) == [3, 4] and [got[3], got[4]] == pytest.approx([want[3], want[4]],
+                                                                     rel=1e-5)
+  # One process cannot take over two processes' packing.
+  shutil.rmtree(os.path.join(resumed, "checkpoints", "4"))
+  out = run_main(*args, workdir=resumed)
+  assert out.returncode != 0 and "holds the data positions of 2 processes" in out.stderr
+
+
+@pytest.mark.parametrize("config", ["dpo_arith", "prm_arith"])
+def test_dpo_and_reward_models_train_in_two_processes(config, sft_workdir, tmp_path):
+  workdir = str(tmp_path / config)
+  proc = _launch([f"--config=configs/{config}.py:runlocal", f"--config.init_from={sft_workdir}/hf",
+                  "--config.steps=2", "--config.log_every=1", "--config.eval.num_problems=4"],
+                 workdir)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  losses = _losses(workdir)
+  assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
+  with open(os.path.join(workdir, "results.json")) as f:
+    assert json.load(f)  # the export, by process 0
