@@ -22,10 +22,12 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import jax
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 MODES = ("auto", "on", "off")
 
@@ -76,3 +78,26 @@ def initialize(mode: str = "auto", coordinator_address: str | None = None,
                jax.process_count(), found or "detected by JAX", jax.local_device_count(),
                jax.device_count())
   return jax.process_count() > 1
+
+
+def share(items: Sequence) -> list:
+  """This process's items of a job that splits independent work (problems to search):
+  items[i::n] for process i of n; all of them in a one-process job."""
+  return list(items[jax.process_index()::jax.process_count()])
+
+
+def job_sum(values) -> np.ndarray:
+  """float64 [K]: `values` [K] summed over the job's processes (the same on every process)."""
+  values = np.asarray(values, np.float64)
+  if jax.process_count() == 1:
+    return values
+  # Gathered as float32 (JAX without x64): exact for counts below 2^24.
+  return np.asarray(multihost_utils.process_allgather(values), np.float64).sum(0)
+
+
+def job_max(values) -> np.ndarray:
+  """float64 [K]: the largest of `values` [K] over the job's processes."""
+  values = np.asarray(values, np.float64)
+  if jax.process_count() == 1:
+    return values
+  return np.asarray(multihost_utils.process_allgather(values), np.float64).max(0)

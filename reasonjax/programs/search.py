@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import tqdm
 
-from reasonjax import checkpoint, models
+from reasonjax import checkpoint, distributed, models
 from reasonjax.search import methods as methods_lib, scorers
 from reasonjax.search.policy import StepPolicy
 from reasonjax.programs import stages
@@ -75,7 +75,6 @@ def table(rows: list[dict], scorer: str) -> str:
 def run(config, workdir: str) -> dict:
   """Runs every (method, N); returns {"rows": [...], "scorer": ...} as written to search.json."""
   check_config(config)
-  stages.single_process("search")
   task, tokenizer = experiment.task_and_tokenizer(config)
   path, cfg, params = stages.load_policy(config, workdir)
   s = config.search
@@ -89,7 +88,8 @@ def run(config, workdir: str) -> dict:
     scorer_name = f"{rm.granularity} reward model ({rm.path})"
   else:
     scorer, scorer_name = scorers.OracleScorer(task), "oracle (the task's check_steps)"
-  problems = task.generate(s.num_problems, seed=config.seed, split="test")
+  # Each process searches its share of the problems on its own devices; the rows sum over all.
+  problems = distributed.share(task.generate(s.num_problems, seed=config.seed, split="test"))
   search = methods_lib.Search(policy, scorer, problems, jax.random.key(config.seed + 5),
                               aggregation=s.aggregation, beam_width=s.beam_width,
                               mcts=dict(s.mcts))
@@ -105,16 +105,19 @@ def run(config, workdir: str) -> dict:
     rows = saved["rows"]
   done = {(r["method"], r["n"]) for r in rows}
   todo = [(m, int(n)) for m in s.methods for n in s.n_values if (m, int(n)) not in done]
-  for method, n in tqdm.tqdm(todo, desc="search", disable=not todo):
+  for method, n in tqdm.tqdm(todo, desc="search", disable=not todo or jax.process_index() != 0):
     result = methods_lib.get_method(method)(search, n)
     correct = [task.check_answer(p, t) for p, t in zip(problems, result.texts)]
+    right, tokens, count = distributed.job_sum([sum(correct), np.sum(result.tokens),
+                                                len(problems)])
     rows.append({"method": method, "n": n, "label": _label(method, s),
-                 "accuracy": float(np.mean(correct)),
-                 "tokens_per_problem": float(np.mean(result.tokens)),
-                 "seconds": result.seconds, "problems": len(problems)})
+                 "accuracy": float(right / count), "tokens_per_problem": float(tokens / count),
+                 "seconds": float(distributed.job_max([result.seconds])[0]),
+                 "problems": int(count)})
     _write(workdir, rows, scorer_name, settings)
   _write(workdir, rows, scorer_name, settings)
-  print(table(rows, scorer_name), flush=True)
+  if jax.process_index() == 0:
+    print(table(rows, scorer_name), flush=True)
   if config.results_page and jax.process_index() == 0:
     _results_page(config.results_page, rows, scorer_name, config.seed)
   return {"rows": rows, "scorer": scorer_name}

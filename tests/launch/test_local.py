@@ -173,3 +173,23 @@ def test_dpo_and_reward_models_train_in_two_processes(config, sft_workdir, tmp_p
   assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)  # the export, by process 0
+
+
+def test_search_splits_its_problems_over_the_processes(sft_workdir, tmp_path):
+  # Greedy steps make each problem's result independent of which process (and batch) it is
+  # in, so the job's accuracy must equal one process's over the same problems.
+  args = ["--config=configs/search_arith.py:runlocal", f"--config.init_from={sft_workdir}/hf",
+          "--config.search.methods=('best_of_n','step_greedy')", "--config.search.n_values=(1,)",
+          "--config.search.temperature=0.0", "--config.search.num_problems=6"]
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  proc = _launch(args, two)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  ref = run_main(*args, workdir=one)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  with open(os.path.join(two, "search.json")) as f, open(os.path.join(one, "search.json")) as g:
+    got, want = json.load(f)["rows"], json.load(g)["rows"]
+  assert [(r["method"], r["problems"]) for r in got] == [("best_of_n", 6), ("step_greedy", 6)]
+  for a, b in zip(got, want):
+    assert a["accuracy"] == pytest.approx(b["accuracy"])
+    assert a["tokens_per_problem"] == pytest.approx(b["tokens_per_problem"])
