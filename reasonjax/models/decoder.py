@@ -337,6 +337,10 @@ def _layer_class(cfg: ModelConfig):
   """DecoderLayer, under the configured activation checkpointing."""
   if cfg.remat == "none":
     return DecoderLayer
+  # Unrolled, the backward pass recomputes behind an optimization barrier: without it XLA's CSE
+  # merges the recomputation with the forward pass, which then keeps everything, as with 'none'
+  # (on XLA:CPU the barrier holds only with `layers.CPU_KEEP_BARRIERS`). A scan's forward and
+  # backward are different loops, where nothing merges and a barrier would only cost.
   return nn.remat(DecoderLayer, policy=_REMAT_POLICIES[cfg.remat],
                   prevent_cse=not cfg.scan_layers)
 

@@ -243,6 +243,14 @@ def _blockwise_forward(q, k, v, mask, block):
   return jnp.concatenate(outs, 2), jnp.concatenate(lses, 2)
 
 
+# XLA:CPU removes optimization barriers before its common-subexpression pass unless a program is
+# compiled with these options; GPU and TPU keep them until after it. The backward passes of
+# `blockwise_causal_attention` and of remat with unrolled layers (`decoder.Model`) recompute
+# behind barriers: where these do not hold, the recomputation merges back into the forward pass
+# and keeps its memory.
+CPU_KEEP_BARRIERS = {"xla_disable_hlo_passes": "cse_barrier_expander"}
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def blockwise_causal_attention(q: Array, k: Array, v: Array, mask: Array, block: int) -> Array:
   """softmax(q k^T / sqrt(hd) + log mask) v under a causal mask, one block of `block` queries at
@@ -258,7 +266,8 @@ def blockwise_causal_attention(q: Array, k: Array, v: Array, mask: Array, block:
   recomputes each block's P = exp(S - L); with dP = dO V^T and D = rowsum(dO * O):
   dS = P * (dP - D), dQ = dS K / sqrt(hd), dK = dS^T Q / sqrt(hd), dV = P^T dO. Written by hand
   so that every product runs in the grouped layout, where XLA's own transpose of the forward
-  re-laid out the score-sized tensors between its products.
+  re-laid out the score-sized tensors between its products. It recomputes behind an
+  optimization barrier, which on XLA:CPU holds only with `CPU_KEEP_BARRIERS`.
   """
   return _blockwise_fwd(q, k, v, mask, block)[0]  # Unused residuals are dropped under jit.
 
@@ -271,9 +280,11 @@ def _blockwise_fwd(q, k, v, mask, block):
 
 
 def _blockwise_bwd(block, residuals, d_out):
-  q, k, v, out, lse, mask = residuals
+  # Without the barrier XLA's CSE merges the recomputed score blocks (and the key and value
+  # prefixes they read) with the forward pass's, which then stay live until the backward pass:
+  # with unrolled layers, every layer's T^2 / 2 scores at once.
+  (q, k, v, out, lse, mask), d_out = jax.lax.optimization_barrier((residuals, d_out))
   d_out = _group_queries(d_out, k.shape[1])
-  q, k, mask, d_out = jax.lax.optimization_barrier((q, k, mask, d_out))
   delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True)
   scale = 1 / np.sqrt(q.shape[-1])
   dq_blocks = []

@@ -55,6 +55,7 @@ from jax.sharding import PartitionSpec
 from reasonjax import sampling, sharding
 from reasonjax.models import ModelConfig
 from reasonjax.models.decoder import init_boxed_params
+from reasonjax.training import step
 
 GiB, MiB = 1 << 30, 1 << 20
 # The batch's arrays: an SFT batch has five fields of 4 bytes a token (inputs, targets, loss_mask,
@@ -163,7 +164,8 @@ def _batch_axes(rules) -> tuple[str, ...]:
   return _axes(dict(rules).get("act_batch"))
 
 
-def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int) -> tuple[int, int]:
+def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int, barriers: bool
+                 ) -> tuple[int, int]:
   """(bytes one decoder layer keeps for the backward pass, the working set of the layer being
   differentiated) for `tokens` = rows x seq_len tokens on a device; `split(name, size)` is how
   many ways the rules shard a logical activation axis of that size.
@@ -174,17 +176,20 @@ def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int) -> 
     attention      a (3 H + 2 K) hd: q sliced per query block, k and v grouped, the output
                    grouped and ungrouped; float32 log-sum-exp per head;
     MLP            5 a F: gate, up, sigmoid(gate), silu(gate), their product.
-  With unrolled layers XLA's common-subexpression pass merges blockwise attention's recomputed
-  scores (`layers.blockwise_causal_attention`) with the forward pass's, so for each of the
-  nb = T / block query blocks the scores and the keys and values they read stay live too: per
-  token 2 H block (nb + 1) / 2 float32 scores, a (nb - 1) K hd key and value prefixes and
-  a H hd (nb (nb + 1) / 2 - 1) / nb query-sized blocks. Under `scan_layers` they cannot merge
-  (the forward and backward passes are different loops), and the remat policy acts: 'full' keeps
-  the layer input (XLA:CPU holds about 4 a D per layer); 'dots' the matmul outputs,
-  a ((H + 2 K) hd + 2 F + 2 D), and the attention einsums' float32 scores and outputs;
-  'dots_no_batch' the matmul outputs only. The working set of the layer being differentiated is
-  its 'none' set and its scores ('none': copied out of the stack; otherwise recomputed, less
-  what the policy saved). 'xla' attention materialises [H, T] float32 scores per token
+  The backward pass recomputes blockwise attention's scores (`layers.blockwise_causal_attention`)
+  and a remat policy's dropped activations from inputs behind an optimization barrier, and the
+  policy acts: 'full' keeps the layer input (XLA:CPU holds about 4 a D per layer under
+  `scan_layers`, a D unrolled); 'dots' the matmul outputs, a ((H + 2 K) hd + 2 F + 2 D), and
+  the attention einsums' float32 scores and outputs; 'dots_no_batch' the matmul outputs only.
+  The working set of the layer being differentiated is its scores and what the policy did not
+  save, recomputed; with 'none', its residuals copied out of the stack under `scan_layers`,
+  else its float32 gate and up gradients, 2 a F. Where the barriers do not hold (`_barriers_hold`)
+  unrolled layers keep what 'none' keeps, XLA's common-subexpression pass having merged the
+  recomputation back into the forward pass, and for each of the nb = T / block query blocks the
+  scores and the keys and values they read stay live too: per token 2 H block (nb + 1) / 2
+  float32 scores, a (nb - 1) K hd key and value prefixes and a H hd (nb (nb + 1) / 2 - 1) / nb
+  query-sized blocks (a scan's forward and backward passes are different loops: nothing merges).
+  'xla' attention materialises [H, T] float32 scores per token
   (probabilities and gradient).
   """
   d, hd = cfg.hidden_size, cfg.head_dim
@@ -199,30 +204,48 @@ def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int) -> 
     base += 2 * 4 * h * seq_len  # 'xla' / 'auto' off GPU: the [T, T] scores per head.
   # Every query block's float32 scores and their exp: [H, block] per token and block seen.
   scores = 2 * 4 * h * block * (nb + 1) / 2 if blockwise else 0
-  remat = effective_remat(cfg)
-  if not cfg.scan_layers:
-    # CSE merges the backward's recomputed scores with the forward's (docstring).
+  if not cfg.scan_layers and not barriers:
+    # CSE merges the backward's recomputation with the forward pass (docstring).
     cse = scores + a * (nb - 1) * k * hd + a * h * hd * (nb * (nb + 1) / 2 - 1) / nb
     return int((base + (cse if blockwise else 0)) * tokens), 0
+  remat = cfg.remat
   if remat == "none":
     saved = base
   elif remat == "full":
-    saved = 4 * a * d
+    saved = (4 if cfg.scan_layers else 1) * a * d
   else:
     saved = a * ((h + 2 * k) * hd + 2 * f + 2 * d)
     if remat == "dots" and blockwise:
       saved += 4 * h * hd + scores / 2  # The score and output einsums (float32).
-  # The layer being differentiated: its residuals copied out of the stack, or what the policy
-  # did not save recomputed, and all its query blocks' scores.
-  working = base + scores - (saved if remat != "none" else 0)
+  # The layer being differentiated: all its query blocks' scores, and what the policy did not
+  # save recomputed, or its residuals copied out of the stack, or its gate and up gradients.
+  if remat != "none":
+    working = base + scores - saved
+  else:
+    working = scores + (base if cfg.scan_layers else 2 * a * f)
   return int(saved * tokens), int(working * tokens)
 
 
-def effective_remat(cfg: ModelConfig) -> str:
-  """The remat policy as it acts: with unrolled layers (`scan_layers=False`) the decoder remats
-  with prevent_cse=False, and XLA's common-subexpression pass merges the recomputation back into
-  the forward pass, so every policy keeps what 'none' keeps (measured: the same temp bytes)."""
-  return cfg.remat if cfg.scan_layers else "none"
+def _barriers_hold(backend: str) -> bool:
+  """Whether the train step keeps the optimization barriers behind which the backward pass
+  recomputes (remat with unrolled layers, blockwise attention's scores) until after XLA's
+  common-subexpression pass: GPU and TPU expand them after it; XLA:CPU removes them before it
+  unless `step.compiler_options` disables that (`layers.CPU_KEEP_BARRIERS`)."""
+  if backend != "cpu":
+    return True
+  options = step.compiler_options() or {}
+  return "cse_barrier_expander" in options.get("xla_disable_hlo_passes", "").split(",")
+
+
+def effective_remat(cfg: ModelConfig, backend: str | None = None) -> str:
+  """The remat policy as it acts on `backend` (default: JAX's): with unrolled layers
+  (`scan_layers=False`) the decoder's remat keeps its recomputation apart from the forward pass
+  with optimization barriers; where they do not hold (`_barriers_hold`), XLA's
+  common-subexpression pass merges the two and every policy keeps what 'none' keeps (measured:
+  the same temp bytes)."""
+  if cfg.scan_layers or _barriers_hold(backend or jax.default_backend()):
+    return cfg.remat
+  return "none"
 
 
 def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: int,
@@ -263,7 +286,7 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
   # bfloat16 step's temporaries are no smaller than a float32 one's).
   backend = backend or jax.default_backend()
   a = 4 if backend == "cpu" else jnp.dtype(cfg.dtype).itemsize
-  saved, working = _layer_bytes(cfg, tokens, length, split, a)
+  saved, working = _layer_bytes(cfg, tokens, length, split, a, _barriers_hold(backend))
   vocab = (cfg.vocab_size / split("act_vocab", cfg.vocab_size)) if cfg.lm_head else 1
   # The head: the final norm's arrays, the embedding lookup, float32 logits and their gradient.
   head = (2 * (3 * 4 * cfg.hidden_size + a * cfg.hidden_size) + 2 * 4 * vocab) * tokens
@@ -279,9 +302,10 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
       kv += _cache_bytes(cfg, *part, mesh_shape, rules)
   if kv and cfg.dtype != cfg.param_dtype:
     kv += param_bytes(cfg.replace(param_dtype=cfg.dtype), mesh_shape, rules)  # Cast weights.
-  remat = effective_remat(cfg)
+  remat = effective_remat(cfg, backend)
   if remat != cfg.remat:
-    remat += f" (model.remat={cfg.remat!r} acts only with scan_layers=True)"
+    remat += (f" (model.remat={cfg.remat!r} acts on XLA:CPU only with scan_layers=True or "
+              "layers.CPU_KEEP_BARRIERS)")
   return Plan(params=params, optimizer=2 * params,
               gradients=params * (2 if accum_steps > 1 else 1), update=3 * params,
               gathered=gathered, activations=int(activations), kv_cache=kv, reference=ref,
@@ -350,8 +374,9 @@ def check_fits(plan: Plan, available: tuple[int, str]) -> None:
                  "state shrink with fsdp x tensor, so more devices once the mesh uses all)")
   knobs.append(f"batch_size (now {plan.batch_size}) or the sequence length (now "
                f"{plan.seq_len}), accum_steps (now {plan.accum_steps}: activations are per "
-               f"micro-batch), model.remat (now {plan.remat.split(' (')[0]!r}; 'full' with "
-               "model.scan_layers=True keeps about one [T, D] per layer)")
+               f"micro-batch), model.remat (now {plan.remat.split(' (')[0]!r}; 'full' keeps "
+               "about one [T, D] per layer where its optimization barriers hold: on XLA:CPU "
+               "with model.scan_layers=True or a step compiled with layers.CPU_KEEP_BARRIERS)")
   if state < plan.activations:
     knobs.append(f"mesh.fsdp (now {mesh.get('fsdp', 1)})")
   if plan.kv_cache:

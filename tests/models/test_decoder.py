@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from reasonjax import models
+from reasonjax.models import layers
 
 CFG = models.preset("tiny", num_layers=2, initializer_range=0.2)
 
@@ -96,6 +97,22 @@ def test_remat_changes_memory_not_results(params, policy):
   g = grad(params, CFG.replace(remat=policy))
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_remat_full_keeps_less_with_unrolled_layers():
+  """Unrolled layers remat behind optimization barriers: without them XLA's CSE merged the
+  recomputation back into the forward pass, and 'full' kept 94% of what 'none' keeps."""
+  cfg = CFG.replace(num_layers=4)
+  tokens = jax.ShapeDtypeStruct((2, 256), jnp.int32)
+
+  def temp_bytes(cfg):
+    loss = lambda p, t: models.Model(cfg).apply({"params": p}, t).mean()  # noqa: E731
+    compiled = jax.jit(jax.grad(loss)).lower(models.param_shapes(cfg), tokens).compile(
+        compiler_options=layers.CPU_KEEP_BARRIERS)
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  ratio = temp_bytes(cfg.replace(remat="full")) / temp_bytes(cfg)
+  assert ratio < 0.6, ratio  # Measured: 0.33.
 
 
 def test_per_layer_and_scanned_layers_agree():
