@@ -29,6 +29,8 @@ import shlex
 import subprocess
 import sys
 
+import launch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -182,12 +184,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  passthrough = []
-  if "--" in argv:
-    argv, passthrough = argv[:argv.index("--")], argv[argv.index("--") + 1:]
   parser = _parser()
-  args, unknown = parser.parse_known_args(argv)
+  args, unknown, passthrough = launch.parse(parser, argv)
   bad = [a for a in unknown if not a.startswith("--config.")]
   if bad:
     parser.error(f"unrecognized arguments: {' '.join(bad)}")

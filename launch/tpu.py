@@ -32,6 +32,8 @@ import sys
 import tarfile
 import tempfile
 
+import launch
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHIVE = "reasonjax-src.tar.gz"  # The packed checkout, in /tmp here and in ~ on the workers.
 PYTHON = "3.11"  # setup.py's python_requires; TPU VM images (Ubuntu 22.04) ship 3.10.
@@ -463,12 +465,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-  argv = list(sys.argv[1:] if argv is None else argv)
-  passthrough = []
-  if "--" in argv:
-    argv, passthrough = argv[:argv.index("--")], argv[argv.index("--") + 1:]
   parser = _parser()
-  args, unknown = parser.parse_known_args(argv)
+  args, unknown, passthrough = launch.parse(parser, argv)
   # main's own config overrides pass through as they are; anything else is a typo.
   bad = [a for a in unknown if not (args.action == "run" and a.startswith("--config."))]
   if bad or (passthrough and args.action != "run"):

@@ -33,6 +33,17 @@ def _launch(args, workdir, *, processes=2, devices=4, **kwargs) -> subprocess.Po
       stderr=subprocess.PIPE, text=True, **kwargs)
 
 
+def _in_two_and_in_one(args, tmp_path) -> tuple[str, str]:
+  """Workdirs of `args` run as 2 processes x 4 devices and as 1 process x 8 devices."""
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  proc = _launch(args, two)
+  _, err = proc.communicate(timeout=600)
+  assert proc.returncode == 0, err[-3000:]
+  ref = run_main(*args, workdir=one)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+  return two, one
+
+
 def test_the_dry_run_prints_one_command_per_process(capsys):
   assert local.main(["--num_processes=3", "--dry_run", "--", "--config=c.py", "--workdir=w"]) == 0
   lines = capsys.readouterr().out.strip().splitlines()
@@ -115,12 +126,7 @@ def test_two_processes_run_grpo_like_one(sft_workdir, tmp_path):
   args = ["--config=configs/grpo_arith.py:runlocal", f"--config.init_from={sft_workdir}/hf",
           "--config.steps=4", "--config.minibatches=2", "--config.rollouts.prompts=8",
           "--config.eval.num_problems=8"]
-  two, one = str(tmp_path / "two"), str(tmp_path / "one")
-  proc = _launch(args, two)
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  ref = run_main(*args, workdir=one)
-  assert ref.returncode == 0, ref.stderr[-3000:]
+  two, one = _in_two_and_in_one(args, tmp_path)
   # Same rollouts (the sampler's draws do not depend on the sharding) and the same minibatches
   # (a minibatch's prompts and samples in the same rows); float32 summation order aside, the
   # same numbers. The loss starts near 0 (ratio 1, advantages of mean 0 in each group): the
@@ -181,12 +187,7 @@ def test_search_splits_its_problems_over_the_processes(sft_workdir, tmp_path):
   args = ["--config=configs/search_arith.py:runlocal", f"--config.init_from={sft_workdir}/hf",
           "--config.search.methods=('best_of_n','step_greedy')", "--config.search.n_values=(1,)",
           "--config.search.temperature=0.0", "--config.search.num_problems=6"]
-  two, one = str(tmp_path / "two"), str(tmp_path / "one")
-  proc = _launch(args, two)
-  _, err = proc.communicate(timeout=600)
-  assert proc.returncode == 0, err[-3000:]
-  ref = run_main(*args, workdir=one)
-  assert ref.returncode == 0, ref.stderr[-3000:]
+  two, one = _in_two_and_in_one(args, tmp_path)
   with open(os.path.join(two, "search.json")) as f, open(os.path.join(one, "search.json")) as g:
     got, want = json.load(f)["rows"], json.load(g)["rows"]
   assert [(r["method"], r["problems"]) for r in got] == [("best_of_n", 6), ("step_greedy", 6)]
