@@ -41,7 +41,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from reasonjax import models, sharding
+from reasonjax import distributed, models, sharding
 from reasonjax.data import batching
 from reasonjax.data.tasks import Task
 from reasonjax.losses import policy, tokens
@@ -220,7 +220,7 @@ def _score_shared(scorer, problems, texts, group: int) -> tuple[np.ndarray, dict
   rewards, metrics = scorer(problems[mine], texts[mine], group_size=group)
   keys = sorted(metrics)
   rewards = multihost_utils.process_allgather(np.asarray(rewards, np.float32)).reshape(-1)
-  means = multihost_utils.process_allgather(np.asarray([metrics[k] for k in keys])).mean(0)
+  means = distributed.job_sum([metrics[k] for k in keys]) / count
   return rewards, dict(zip(keys, means.tolist()))
 
 

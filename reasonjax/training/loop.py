@@ -44,7 +44,7 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from reasonjax import checkpoint, metrics as metrics_lib, models, sharding
+from reasonjax import checkpoint, distributed, metrics as metrics_lib, models, sharding
 from reasonjax.models import ModelConfig
 from reasonjax.training import memory, optim, state as state_lib, step as step_lib
 
@@ -106,8 +106,7 @@ def _agreed_stop(request: dict[str, int | None]) -> int | None:
   different steps would wait forever in each other's collectives. One process: its own."""
   if jax.process_count() == 1:
     return request["signum"]
-  signums = multihost_utils.process_allgather(np.int32(request["signum"] or 0))
-  return int(signums.max()) or None
+  return int(distributed.job_max([request["signum"] or 0])[0]) or None
 
 
 def _job_data_state(state: dict) -> dict:
