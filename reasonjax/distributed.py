@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -84,6 +86,47 @@ def share(items: Sequence) -> list:
   """This process's items of a job that splits independent work (problems to search):
   items[i::n] for process i of n; all of them in a one-process job."""
   return list(items[jax.process_index()::jax.process_count()])
+
+
+def process_rng(rng: jax.Array) -> jax.Array:
+  """This process's key for sampling its share of a job's work: `rng` folded with the process
+  index in a multi-process job (so that processes draw independent samples), `rng` otherwise."""
+  return rng if jax.process_count() == 1 else jax.random.fold_in(rng, jax.process_index())
+
+
+def gather_json(value: Any) -> list:
+  """Every process's JSON-able `value`, in process order, as JSON gives them back (tuples become
+  lists): the same list on every process. Collective: all processes call it."""
+  text = json.dumps(value)
+  if jax.process_count() == 1:
+    return [json.loads(text)]
+  data = np.frombuffer(text.encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.int32(len(data)))
+  padded = np.zeros(int(lengths.max()), np.uint8)
+  padded[:len(data)] = data
+  texts = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(t[:n])) for t, n in zip(texts, lengths)]
+
+
+def map_shared(fn: Callable[[list], Sequence], items: Sequence) -> list:
+  """`fn` over `items` split between the processes: each applies `fn` to its `share` (fn:
+  a list of items -> one JSON-able result per item) and the results are gathered back into the
+  items' order, the same list on every process (as JSON gives them back). Collective."""
+  part = share(items)
+  mine = list(fn(part)) if part else []  # More processes than items: nothing to do here.
+  if len(mine) != len(part):
+    raise ValueError(f"map_shared: fn gave {len(mine)} results for {len(part)} items")
+  out: list = [None] * len(items)
+  count = jax.process_count()
+  for index, part in enumerate(gather_json(mine)):
+    out[index::count] = part
+  return out
+
+
+def barrier(name: str) -> None:
+  """Waits until every process of the job reaches `barrier(name)`; nothing in one process."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def job_sum(values) -> np.ndarray:

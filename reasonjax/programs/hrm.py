@@ -34,7 +34,7 @@ import numpy as np
 import tqdm
 from absl import logging
 
-from reasonjax import metrics as metrics_lib, models
+from reasonjax import distributed, metrics as metrics_lib, models
 from reasonjax.data.tasks import Task
 from reasonjax.losses import reward
 from reasonjax.programs import grpo, hrm_report, reward_model, sft, stages
@@ -115,18 +115,27 @@ def _policy(config, section, cfg, params, task: Task, tokenizer) -> StepPolicy:
 
 
 def _trees(config, workdir, policy: StepPolicy, problems) -> tuple[list, list, dict]:
-  """Trees, their HNC versions and HNC's cost and noise, made once."""
+  """Trees, their HNC versions and HNC's cost and noise, made once (the trees of a multi-process
+  job: each process grows its share of the problems)."""
   path = os.path.join(workdir, "trees.jsonl")
-  if not os.path.isfile(path):
+  if os.path.isfile(path):
+    trees = tree_data.load_trees(path)
+  else:
     start = time.perf_counter()
-    trees = tree_data.grow(policy, problems, jax.random.key(config.seed + 11),
-                           num_children=config.trees.num_children,
-                           max_depth=config.trees.max_depth, progress="growing trees")
-    with open(os.path.join(workdir, "trees_info.json"), "w") as f:
-      json.dump({"seconds": time.perf_counter() - start}, f)
-    tree_data.save_trees(path, trees, ids=False)
-  trees = tree_data.load_trees(path)
+    rng = distributed.process_rng(jax.random.key(config.seed + 11))
+    progress = "growing trees" if jax.process_index() == 0 else None
+    grown = distributed.map_shared(
+        lambda part: [t.to_json(ids=False) for t in tree_data.grow(
+            policy, part, rng, num_children=config.trees.num_children,
+            max_depth=config.trees.max_depth, progress=progress)], problems)
+    # A tree's problem is its index among all the problems, not within a process's share.
+    trees = [tree_data.StepTree.from_json(t | {"problem": i}) for i, t in enumerate(grown)]
+    if jax.process_index() == 0:
+      with open(os.path.join(workdir, "trees_info.json"), "w") as f:
+        json.dump({"seconds": time.perf_counter() - start}, f)
+      tree_data.save_trees(path, trees, ids=False)
   hnc_path = os.path.join(workdir, "trees_hnc.jsonl")
+  made = {}
 
   def compress():
     rng = np.random.default_rng(config.seed)
@@ -134,7 +143,9 @@ def _trees(config, workdir, policy: StepPolicy, problems) -> tuple[list, list, d
     out = [tree_data.compress(t, rng, min_children=config.data.hnc_min_children,
                               probability=config.data.hnc_probability) for t in trees]
     seconds = time.perf_counter() - start
-    tree_data.save_trees(hnc_path, [t for t, _ in out], ids=False)
+    made["trees"] = [t for t, _ in out]
+    if jax.process_index() == 0:
+      tree_data.save_trees(hnc_path, made["trees"], ids=False)
     nodes = sum(t.num_nodes for t in trees)
     changed = sum(info["changed"] for _, info in out)
     return {"seconds": seconds, "moved": sum(len(info["moved"]) for _, info in out),
@@ -142,7 +153,7 @@ def _trees(config, workdir, policy: StepPolicy, problems) -> tuple[list, list, d
 
   # hnc.json is written after trees_hnc.jsonl: when it is there, so are the trees.
   info = stages.json_file(os.path.join(workdir, "hnc.json"), compress)
-  return trees, tree_data.load_trees(hnc_path), info
+  return trees, made["trees"] if made else tree_data.load_trees(hnc_path), info
 
 
 def records(config, trees, hnc_trees) -> dict[str, list]:
@@ -208,24 +219,28 @@ def _scorers(config, paths, task, tokenizer) -> dict[str, tuple]:
 def evaluate_search(config, policy: StepPolicy, problems, named_scorers, seed: int) -> dict:
   """{"search": rows {method, scorer, n, seed, accuracy, tokens_per_problem} of best-of-N and
   step-level greedy with each scorer and of majority vote, "ranking": `ranking` of each
-  scorer on the largest pool}; the whole-solution methods share one pool."""
+  scorer on the largest pool}; the whole-solution methods share one pool. In a multi-process
+  job each process searches its share of the problems, and the numbers are the job's."""
   e, task = config.evaluation, policy.task
-  rng = jax.random.key(seed)
+  rng = distributed.process_rng(jax.random.key(seed))
+  problems = distributed.share(problems)
   pool = methods_lib.SolutionPool(policy, problems, jax.random.fold_in(rng, 1))
   rows = []
 
   def row(method, scorer_name, n, result):
     correct = [task.check_answer(p, t) for p, t in zip(problems, result.texts)]
+    right, tokens, count = distributed.job_sum([sum(correct), np.sum(result.tokens),
+                                                len(problems)])
     rows.append({"method": method, "scorer": scorer_name, "n": int(n), "seed": seed,
-                 "accuracy": float(np.mean(correct)),
-                 "tokens_per_problem": float(np.mean(result.tokens))})
+                 "accuracy": float(right / count), "tokens_per_problem": float(tokens / count)})
 
   vote = methods_lib.Search(policy, None, problems, rng, pool=pool)
   for n in e.n_values:
     row("majority_vote", "none", n, methods_lib.majority_vote(vote, int(n)))
   todo = [(m, s, n) for s in named_scorers for m in SEARCHES
           for n in (e.n_values if m == "best_of_n" else e.step_greedy_n_values)]
-  for method, name, n in tqdm.tqdm(todo, desc=f"search, seed {seed}"):
+  for method, name, n in tqdm.tqdm(todo, desc=f"search, seed {seed}",
+                                   disable=jax.process_index() != 0):
     scorer, aggregation = named_scorers[name]
     search = methods_lib.Search(policy, scorer, problems, rng, aggregation=aggregation,
                                 pool=pool)
@@ -245,6 +260,9 @@ def ranking(pool: methods_lib.SolutionPool, named_scorers, n: int) -> list[dict]
                   all problems pooled: this also rewards telling easy problems from hard ones
     within_auc    the same within each problem, averaged over problems with both right and
                   wrong solutions: what best-of-N depends on
+
+  In a multi-process job each process grades its pool's problems and the AUCs pool them all
+  (collective).
   """
   task, problems = pool.policy.task, pool.problems
   texts, _, _ = pool.take(n)
@@ -252,20 +270,29 @@ def ranking(pool: methods_lib.SolutionPool, named_scorers, n: int) -> list[dict]
   steps = [solution_steps(task, t) for row in texts for t in row]
   try:
     grades = np.concatenate(scorers.OracleScorer(task)(
-        [p for p, row in zip(problems, texts) for _ in row], steps))
+        [p for p, row in zip(problems, texts) for _ in row], steps) or [[]]).tolist()
   except NotImplementedError:  # final answers only (GSM8K): no step AUC
     grades = None
-  correct = np.asarray([[task.check_answer(p, t) for t in row]
-                        for p, row in zip(problems, texts)], np.float32)
-  both = [i for i, c in enumerate(correct) if 0 < c.sum() < len(c)]
-  out = []
+  local = {"grades": grades, "values": {}, "steps": {},
+           "correct": [[float(task.check_answer(p, t)) for t in row]
+                       for p, row in zip(problems, texts)]}
   for name, (scorer, aggregation) in named_scorers.items():
     scores, _ = pool.scores(scorer, n)
-    value = np.asarray([[scorers.aggregate(s, aggregation) for s in row] for row in scores])
+    local["values"][name] = [[float(scorers.aggregate(s, aggregation)) for s in row]
+                             for row in scores]
+    local["steps"][name] = [float(x) for r in scores for s in r for x in s]
+  parts = distributed.gather_json(local)
+  correct = np.asarray([row for part in parts for row in part["correct"]])
+  grades = (None if any(part["grades"] is None for part in parts) else
+            np.asarray([g for part in parts for g in part["grades"]]))
+  both = [i for i, c in enumerate(correct) if 0 < c.sum() < len(c)]
+  out = []
+  for name in named_scorers:
+    value = np.asarray([row for part in parts for row in part["values"][name]])
     within = [reward_model.auc(value[i], correct[i]) for i in both]
     out.append({"scorer": name,
                 "step_auc": None if grades is None else reward_model.auc(
-                    np.concatenate([s for r in scores for s in r]), grades),
+                    np.asarray([x for part in parts for x in part["steps"][name]]), grades),
                 "solution_auc": reward_model.auc(value.ravel(), correct.ravel()),
                 "within_auc": float(np.mean(within)) if within else float("nan"),
                 "problems_with_both": len(within)})
@@ -274,31 +301,42 @@ def ranking(pool: methods_lib.SolutionPool, named_scorers, n: int) -> list[dict]
 
 def first_error(config, policy: StepPolicy, problems, named_scorers, rng) -> dict:
   """First-wrong-step detection against check_steps, per step model: on all sampled solutions
-  and on those where a wrong step is followed by a right one (a corrected error)."""
+  and on those where a wrong step is followed by a right one (a corrected error). In a
+  multi-process job each process samples and scores its share of the problems."""
   f = config.first_error
   if not f.reward_models:
     return {}
-  texts, _ = sample_solutions(policy, problems, f.num_samples, rng)
-  task = policy.task
-  items = []
-  for problem, row in zip(problems, texts):
-    for text in row:
-      steps = solution_steps(task, text)
-      reasoning = [s for s in steps if not is_answer(s)]
-      if not reasoning:
-        continue
-      check = task.check_steps(problem, reasoning).correct
-      gold = next((i for i, ok in enumerate(check) if not ok), -1)
-      corrected = gold >= 0 and any(check[gold + 1:])
-      items.append((problem, reasoning, gold, corrected))
-  out = {"solutions": len(items), "with_error": sum(g >= 0 for _, _, g, _ in items),
-         "corrected": sum(c for *_, c in items), "threshold": f.threshold, "models": {}}
+  task, rng = policy.task, distributed.process_rng(rng)
+
+  def detect(part) -> list[list[dict]]:
+    """Per problem, per solution with reasoning steps: its first wrong step (gold; -1: none),
+    whether a right step follows it, and each model's predicted first wrong step."""
+    texts, _ = sample_solutions(policy, part, f.num_samples, rng)
+    items = []
+    for i, (problem, row) in enumerate(zip(part, texts)):
+      for text in row:
+        reasoning = [s for s in solution_steps(task, text) if not is_answer(s)]
+        if reasoning:
+          check = task.check_steps(problem, reasoning).correct
+          gold = next((j for j, ok in enumerate(check) if not ok), -1)
+          items.append((i, reasoning, gold, gold >= 0 and any(check[gold + 1:])))
+    predicted = {name: [process_bench.first_error_prediction(s, f.threshold) for s in
+                        named_scorers[name][0]([part[i] for i, *_ in items],
+                                               [s for _, s, *_ in items])] if items else []
+                 for name in f.reward_models}
+    out = [[] for _ in part]
+    for k, (i, _, gold, corrected) in enumerate(items):
+      out[i].append({"gold": gold, "corrected": corrected,
+                     "predicted": {name: predicted[name][k] for name in f.reward_models}})
+    return out
+
+  items = [item for row in distributed.map_shared(detect, problems) for item in row]
+  gold = [item["gold"] for item in items]
+  sub = [i for i, item in enumerate(items) if item["corrected"]]
+  out = {"solutions": len(items), "with_error": sum(g >= 0 for g in gold),
+         "corrected": len(sub), "threshold": f.threshold, "models": {}}
   for name in f.reward_models:
-    scorer, _ = named_scorers[name]
-    scores = scorer([p for p, *_ in items], [s for _, s, *_ in items])
-    predicted = [process_bench.first_error_prediction(s, f.threshold) for s in scores]
-    gold = [g for _, _, g, _ in items]
-    sub = [i for i, item in enumerate(items) if item[3]]
+    predicted = [item["predicted"][name] for item in items]
     out["models"][name] = {
         "all": process_bench.first_error_detection(predicted, gold),
         "corrected": process_bench.first_error_detection([predicted[i] for i in sub],
@@ -332,17 +370,20 @@ def hacking(config, workdir, policy_path, rm_paths) -> dict:
 
 def best_paths(config, trees, problems, named_scorers) -> dict[str, list]:
   """Per reward model, each tree's `paths_per_problem` best leaf paths by the model's solution
-  score, paths that end in an answer first: [problem, solution text]."""
+  score, paths that end in an answer first: [problem, solution text]. In a multi-process job
+  each process scores its share of the paths."""
   out = {}
   # Each distinct path once: siblings sampled alike share a path.
   leaves = list(dict.fromkeys((t.problem, tuple(t.path_steps(leaf)), t.kind[leaf] == "answer")
                               for t in trees for leaf in t.leaves()))
   for name in config.self_training_reward_models:
     scorer, aggregation = named_scorers[name]
-    scores = scorer([problems[p] for p, _, _ in leaves], [list(s) for _, s, _ in leaves])
+    values = distributed.map_shared(
+        lambda part: [float(scorers.aggregate(s, aggregation)) for s in scorer(
+            [problems[p] for p, _, _ in part], [list(s) for _, s, _ in part])], leaves)
     by_problem: dict[int, list] = {}
-    for (p, steps, answered), s in zip(leaves, scores):
-      by_problem.setdefault(p, []).append(((answered, scorers.aggregate(s, aggregation)), steps))
+    for (p, steps, answered), value in zip(leaves, values):
+      by_problem.setdefault(p, []).append(((answered, value), steps))
     out[name] = [[p, "\n".join(steps)] for p, ranked in sorted(by_problem.items())
                  for _, steps in sorted(ranked, key=lambda x: x[0],
                                         reverse=True)[:config.paths_per_problem]]
@@ -372,7 +413,6 @@ def self_training(config, workdir, policy_path, paths, task, problems) -> dict:
 def run(config, workdir: str) -> dict:
   """Every stage in order; returns the summary written to hrm.json."""
   check_config(config)
-  stages.single_process("hrm")
   settings = json.loads(config.to_json_best_effort())
   settings.pop("results_page")  # Where the page goes may change.
   stages.check_settings(os.path.join(workdir, "hrm_settings.json"), settings)
@@ -435,7 +475,7 @@ def run(config, workdir: str) -> dict:
       f.write(page)
     if config.results_page:
       hrm_report.write(config.results_page, summary, page)
-  print(page, flush=True)
+    print(page, flush=True)
   return summary
 
 

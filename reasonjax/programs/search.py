@@ -90,7 +90,8 @@ def run(config, workdir: str) -> dict:
     scorer, scorer_name = scorers.OracleScorer(task), "oracle (the task's check_steps)"
   # Each process searches its share of the problems on its own devices; the rows sum over all.
   problems = distributed.share(task.generate(s.num_problems, seed=config.seed, split="test"))
-  search = methods_lib.Search(policy, scorer, problems, jax.random.key(config.seed + 5),
+  search = methods_lib.Search(policy, scorer, problems,
+                              distributed.process_rng(jax.random.key(config.seed + 5)),
                               aggregation=s.aggregation, beam_width=s.beam_width,
                               mcts=dict(s.mcts))
   out_path = os.path.join(workdir, RESULTS)

@@ -6,7 +6,7 @@ skipped when that output is present, so an interrupted program continues where i
     hf = stages.nested(reward_model.run, rm_config, f"{workdir}/prm")  # a trained export
 
 A stage's output is either a JSON file (written atomically: a crash leaves none or the whole
-file) or a nested program's export `directory/hf`, which that program writes last; a nested
+file; by process 0 of a multi-process job, whose processes make the same value) or a nested program's export `directory/hf`, which that program writes last; a nested
 run interrupted before it resumes from its own checkpoints.
 """
 
@@ -32,15 +32,15 @@ def json_file(path: str, make: Callable[[], Any]) -> Any:
     logging.info("stage output %s present: skipping its stage", path)
     with open(path) as f:
       return json.load(f)
-  value = make()
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(value, f)
-  os.replace(tmp, path)
-  # What a later stage reads back is the stored form (tuples became lists), also on this run.
-  with open(path) as f:
-    return json.load(f)
+  # What a later stage reads back is the stored form (tuples become lists), also on this run.
+  value = json.loads(json.dumps(make()))
+  if jax.process_index() == 0:  # In a multi-process job every process made the same value.
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(value, f)
+    os.replace(tmp, path)
+  return value
 
 
 class SettingsChanged(ValueError):
@@ -103,12 +103,3 @@ def load_policy(config, workdir: str):
   path = policy(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
   return path, cfg, params
-
-
-def single_process(program: str) -> None:
-  """Raises NotImplementedError in a job of several processes: each would do the same host
-  work on the same problems, and pass its host-local block to programs that read it as one
-  global array (splitting problems over processes is the scale-out work)."""
-  if jax.process_count() > 1:
-    raise NotImplementedError(f"trainer {program} runs in one process (any number of local "
-                              f"devices); this job has {jax.process_count()} processes")

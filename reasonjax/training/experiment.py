@@ -13,7 +13,7 @@ from typing import Any
 
 import jax
 
-from reasonjax import models
+from reasonjax import distributed, models
 from reasonjax.data import tasks, tokenizers
 from reasonjax.models import ModelConfig
 from reasonjax.sampling import generate_texts, sampling_config
@@ -78,6 +78,8 @@ def export(workdir: str, cfg: ModelConfig, params, results: dict[str, Any],
       tokenizer.save(path)
     with open(os.path.join(workdir, "results.json"), "w") as f:
       json.dump(results, f, indent=2)
+  # The export is there for every process once this returns (a program reads it next).
+  distributed.barrier("export")
   return path
 
 

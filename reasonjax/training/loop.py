@@ -24,7 +24,8 @@ Config fields read here: seed, steps, accum_steps, log_every, eval_every, eval_a
 checkpoint_every (0: only at the end and when stopped), keep_checkpoints, resume_from, optimizer,
 mesh, axis_rules (`configs/common.py:loop`); `check_config` validates them. The memory per device
 is planned and printed before the step compiles, and a run that cannot fit is refused
-(`memory.DoesNotFit`) unless `check_memory` is False.
+(`memory.DoesNotFit`) unless `check_memory` is False: one whose state alone cannot fit before the
+state is made, the others at the first batch.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
 from reasonjax import checkpoint, distributed, metrics as metrics_lib, models, sharding
 from reasonjax.models import ModelConfig
@@ -115,12 +115,7 @@ def _job_data_state(state: dict) -> dict:
   process's: {"processes": [state of process 0, 1, ...]}. Collective: all processes call it."""
   if jax.process_count() == 1:
     return state
-  text = np.frombuffer(json.dumps(state).encode(), np.uint8)
-  lengths = multihost_utils.process_allgather(np.int32(len(text)))
-  padded = np.zeros(int(lengths.max()), np.uint8)
-  padded[:len(text)] = text
-  texts = multihost_utils.process_allgather(padded)
-  states = [json.loads(bytes(t[:n])) for t, n in zip(texts, lengths)]
+  states = distributed.gather_json(state)
   return {"processes": states} if any("process_local" in s for s in states) else state
 
 
@@ -220,6 +215,12 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
   schedule, max_nonfinite = optim.learning_rate_schedule(opt), opt["max_nonfinite_steps"]
   # Stored in each checkpoint: a checkpoint that no longer fits names the keys that changed.
   config_dict = json.loads(config.to_json_best_effort())
+  if config.get("check_memory", True):
+    # Refused before the state takes the devices' memory: a model whose state alone cannot fit
+    # (the whole plan, batch included, is checked at the first batch).
+    memory.check_fits(memory.plan(cfg, mesh_shape=mesh.shape, rules=rules, batch_size=0,
+                                  seq_len=0, accum_steps=config.accum_steps,
+                                  reference=frozen is not None), memory.device_memory())
   with contextlib.ExitStack() as closing, sharding.axis_rules(mesh, rules):
     # Closed in reverse order however the run ends: bar, metrics writer, checkpointer.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),

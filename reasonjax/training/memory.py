@@ -5,7 +5,8 @@ allocated or compiled.
     print(memory.format_plan(plan, memory.device_memory()))
     memory.check_fits(plan, memory.device_memory())   # raises DoesNotFit naming the knobs
 
-`loop.train` does this before compiling its step, with `plan_for_run` (config + first batch).
+`loop.train` checks the state alone (batch_size=0) before making it, then does this before
+compiling its step, with `plan_for_run` (config + first batch).
 
 Components, per device (P: this device's shard of the parameters in `param_dtype`):
   parameters      exact: every leaf's shard under the sharding rules (`sharding.py`).
@@ -196,7 +197,7 @@ def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int, bar
   h = cfg.num_heads / split("act_heads", cfg.num_heads)
   k = cfg.num_kv_heads / split("act_kv_heads", cfg.num_kv_heads)
   f = cfg.intermediate_size / split("act_mlp", cfg.intermediate_size)
-  block = min(cfg.attention_block, seq_len)
+  block = max(min(cfg.attention_block, seq_len), 1)  # seq_len 0: a plan of the state alone
   nb = -(-seq_len // block)
   blockwise = cfg.attention_impl == "blockwise"
   base = (2 * (3 * 4 + a) * d + 2 * a * d + a * (3 * h + 2 * k) * hd + 4 * h + 5 * a * f)
@@ -360,7 +361,8 @@ def format_plan(plan: Plan, available: tuple[int, str] | None = None) -> str:
 
 def check_fits(plan: Plan, available: tuple[int, str]) -> None:
   """Raises DoesNotFit with the numbers and the config fields to change when the plan's total
-  exceeds `available` (bytes, source) from `device_memory`."""
+  exceeds `available` (bytes, source) from `device_memory`. A plan of no rows (batch_size 0)
+  is the state alone: what must fit before any batch."""
   limit, source = available
   if plan.total <= limit:
     return
@@ -372,11 +374,12 @@ def check_fits(plan: Plan, available: tuple[int, str]) -> None:
   if state >= plan.activations:
     knobs.append(f"mesh.fsdp (now {mesh.get('fsdp', 1)}; parameters, gradients and optimizer "
                  "state shrink with fsdp x tensor, so more devices once the mesh uses all)")
-  knobs.append(f"batch_size (now {plan.batch_size}) or the sequence length (now "
-               f"{plan.seq_len}), accum_steps (now {plan.accum_steps}: activations are per "
-               f"micro-batch), model.remat (now {plan.remat.split(' (')[0]!r}; 'full' keeps "
-               "about one [T, D] per layer where its optimization barriers hold: on XLA:CPU "
-               "with model.scan_layers=True or a step compiled with layers.CPU_KEEP_BARRIERS)")
+  if plan.batch_size:
+    knobs.append(f"batch_size (now {plan.batch_size}) or the sequence length (now "
+                 f"{plan.seq_len}), accum_steps (now {plan.accum_steps}: activations are per "
+                 f"micro-batch), model.remat (now {plan.remat.split(' (')[0]!r}; 'full' keeps "
+                 "about one [T, D] per layer where its optimization barriers hold: on XLA:CPU "
+                 "with model.scan_layers=True)")
   if state < plan.activations:
     knobs.append(f"mesh.fsdp (now {mesh.get('fsdp', 1)})")
   if plan.kv_cache:
@@ -385,8 +388,10 @@ def check_fits(plan: Plan, available: tuple[int, str]) -> None:
   if plan.reference:
     knobs.append("the KL term's weight (policy_loss.beta, kl_weight) at 0 drops the reference "
                  "model")
+  what = "this run needs" if plan.batch_size else (
+      "before any batch, the parameters, gradients, optimizer state and update need")
   raise DoesNotFit(
-      f"this run needs an estimated {_size(plan.total)} per device but a device has "
+      f"{what} an estimated {_size(plan.total)} per device but a device has "
       f"{_size(limit)} ({source}); largest parts: "
       + ", ".join(f"{name} {_size(parts[name])}" for name in largest)
       + ". Change: " + "; ".join(knobs) + ".\n" + format_plan(plan, available))

@@ -194,3 +194,42 @@ def test_search_splits_its_problems_over_the_processes(sft_workdir, tmp_path):
   for a, b in zip(got, want):
     assert a["accuracy"] == pytest.approx(b["accuracy"])
     assert a["tokens_per_problem"] == pytest.approx(b["tokens_per_problem"])
+
+
+def test_the_hrm_program_shares_its_stages_over_two_processes(sft_workdir, tmp_path):
+  # runlocal's HRM with fewer reward models and runs, on 5 problems per stage: the processes'
+  # shares are unequal (3 and 2).
+  workdir = str(tmp_path / "hrm")
+  proc = _launch(["--config=configs/hrm_arith.py:runlocal", f"--config.init_from={sft_workdir}/hf",
+                  "--config.reward_models.names=('prm','hrm')", "--config.trees.num_problems=5",
+                  "--config.evaluation.num_problems=5", "--config.evaluation.seeds=(0,)",
+                  "--config.first_error.num_problems=5",
+                  "--config.first_error.reward_models=('prm','hrm')",
+                  "--config.hacking_reward_models=('hrm',)", "--config.kl_weights=(0.5,)"],
+                 workdir)
+  out, err = proc.communicate(timeout=900)
+  assert proc.returncode == 0, err[-3000:]
+  assert out.count("| HRM |") >= 1 and "Traceback" not in open(f"{workdir}_logs/process_1.log").read()
+  from configs import hrm_arith
+  from reasonjax.search import tree_data
+  from reasonjax.training import experiment
+  config = hrm_arith.get_config("runlocal")
+  task, _ = experiment.task_and_tokenizer(config)
+  problems = task.generate(5, seed=config.seed + 1000, split="train")
+  # Every problem's tree, in order, grown for that problem: its leaves' grades are its own.
+  trees = tree_data.load_trees(os.path.join(workdir, "trees.jsonl"))
+  assert [t.problem for t in trees] == list(range(5))
+  for tree, problem in zip(trees, problems):
+    for leaf in tree.leaves():
+      assert tree.correct[leaf] == task.check_answer(problem, "\n".join(tree.path_steps(leaf)))
+  with open(os.path.join(workdir, "hrm.json")) as f:
+    summary = json.load(f)
+  # Accuracies are the job's counts over 5 problems; the oracle's best of 4 is right wherever
+  # any of the 4 solutions is, so at least as often as their majority vote.
+  accuracy = {(r["method"], r["scorer"], r["n"]): r["accuracy"] for r in summary["evaluation"]}
+  assert all(abs(a * 5 - round(a * 5)) < 1e-9 for a in accuracy.values())
+  assert accuracy["best_of_n", "oracle", 4] >= accuracy["majority_vote", "none", 4]
+  assert {r["scorer"] for r in summary["ranking"]} == {"oracle", "prm", "hrm"}
+  # Solutions of both processes' problems: more than the 3 x 2 of the larger share.
+  assert 6 < summary["first_error"]["solutions"] <= 5 * config.first_error.num_samples
+  assert set(summary["hacking"]) == {"hrm"} and set(summary["self_training"]) == {"hrm_kl0.5"}

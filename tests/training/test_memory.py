@@ -149,10 +149,22 @@ def test_the_loop_prints_the_plan_and_refuses_a_run_that_cannot_fit(tmp_path, mo
   common.loop(config, steps=1, batch_size=8, seq_len=64, learning_rate=1e-3, warmup_steps=1,
               checkpoint_every=0)
   loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
-  # The whole plan of this model is about 1 MiB per device.
+  # The plan of this model is 0.69 MiB per device for the state, 0.89 MiB with this batch.
+  # With 100 KiB, the state alone is refused before it is made.
   monkeypatch.setattr(memory, "device_memory", lambda: (100 << 10, "a test's 100 KiB"))
-  with pytest.raises(memory.DoesNotFit, match=r"needs an estimated [\d.]+ MiB per device but a "
-                     r"device has 0.1 MiB \(a test's 100 KiB\)"):
+
+  def init_state(*args, **kwargs):
+    raise AssertionError("the state was made")
+
+  with monkeypatch.context() as m, pytest.raises(
+      memory.DoesNotFit, match=r"before any batch, the parameters, gradients, optimizer state "
+      r"and update need an estimated 0.7 MiB per device but a device has 0.1 MiB"):
+    m.setattr(state_lib, "init_state", init_state)
+    loop.train(config, str(tmp_path / "early"), cfg=cfg, loss_fn=loss_fn,
+               batches=batching.batches(examples, batch_size=8, seq_len=64))
+  monkeypatch.setattr(memory, "device_memory", lambda: (800 << 10, "a test's 800 KiB"))
+  with pytest.raises(memory.DoesNotFit, match=r"this run needs an estimated 0.9 MiB per device "
+                     r"but a device has 0.8 MiB \(a test's 800 KiB\)"):
     loop.train(config, str(tmp_path / "refused"), cfg=cfg, loss_fn=loss_fn,
                batches=batching.batches(examples, batch_size=8, seq_len=64))
   printed = capsys.readouterr().out
