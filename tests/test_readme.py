@@ -41,3 +41,13 @@ def test_the_python_blocks_run_as_written(section, sft_workdir, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     if section == "Quick start":  # Four problems, each with its generated text and grade.
       assert len(re.findall(r"correct: (True|False)", out.stdout)) == 4
+
+
+def test_the_memory_planner_example_prints_what_the_readme_shows():
+  with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+    text = f.read().split("\n### Memory planner\n", 1)[1]
+  code, shown = re.findall(r"```(?:python)?\n(.*?)```", text, flags=re.S)[:2]
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout == shown
