@@ -10,7 +10,12 @@ into workdir/sft. The variants are config changes: DAPO is `--config.aggregation
 `--config.aggregation=dr_grpo --config.advantage.scale=none`; GSPO
 `--config.policy_loss.importance=sequence --config.policy_loss.epsilon_low=3e-4
 --config.policy_loss.epsilon_high=4e-4`; RLOO `--config.advantage.leave_one_out=True
---config.advantage.scale=none`. Rewarded by a trained reward model instead of the answer
+--config.advantage.scale=none`; CISPO `--config.policy_loss.surrogate=cispo
+--config.policy_loss.epsilon_low=1.0 --config.aggregation=dapo` (the weight without a lower bound,
+as MiniMax-M1; tune epsilon_high); SAPO `--config.policy_loss.surrogate=sapo`; LUSPO
+`--config.aggregation=luspo --config.policy_loss.importance=sequence
+--config.policy_loss.epsilon_low=2e-3 --config.policy_loss.epsilon_high=2.5e-3` (the range TRL's
+docs quote from the paper). Rewarded by a trained reward model instead of the answer
 check (reward hacking: `rollout_reward_mean` against `rollout_true_accuracy`):
 `--config.reward_model.path=runs/prm_arith/hf --config.reward_model.granularity=prm`.
 
@@ -45,12 +50,25 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   config.reward_model = ml_collections.ConfigDict({
       "path": "", "granularity": "prm", "aggregation": "min", "batch_size": 64,
       "score_answers": False})
-  config.advantage = ml_collections.ConfigDict({"scale": "group", "leave_one_out": False})
-  config.aggregation = "grpo"  # grpo, bnpo, dr_grpo or dapo
-  # Keyword arguments of losses.policy.policy_loss.
+  # losses.policy.group_advantages: scale group, batch or none (Dr. GRPO); leave_one_out: the
+  # RLOO baseline; ddof: the standard deviation divides by n - ddof, 0 (population, the
+  # default) or 1 (Bessel's correction, as TRL's GRPOTrainer).
+  config.advantage = ml_collections.ConfigDict({"scale": "group", "leave_one_out": False,
+                                                "ddof": 0})
+  # losses.policy.aggregate: grpo, bnpo, dr_grpo, dapo or luspo (sum / rows: each completion's
+  # token mean times its length; LUSPO with importance=sequence).
+  config.aggregation = "grpo"
+  # Keyword arguments of losses.policy.policy_loss. surrogate: ppo (the clipped surrogate),
+  # cispo (REINFORCE with the clipped, detached ratio as weight: every token keeps a gradient)
+  # or sapo (a sigmoid gate of temperature sapo_tau_pos for A > 0, sapo_tau_neg otherwise,
+  # instead of the clip); importance: token or sequence (GSPO); epsilon_low / epsilon_high:
+  # the clip range of the ratio (ppo) or of CISPO's weight; dual_clip: c > 1 (ppo), 0 off;
+  # kl_importance_weight: the KL estimate times the ratio (DeepSeek-V3.2's unbiased estimate
+  # when the update is off-policy).
   config.policy_loss = ml_collections.ConfigDict({
-      "importance": "token", "epsilon_low": 0.2, "epsilon_high": 0.2, "dual_clip": 0.0,
-      "beta": 0.04, "kl_estimator": "k3", "entropy_coef": 0.0})
+      "surrogate": "ppo", "importance": "token", "epsilon_low": 0.2, "epsilon_high": 0.2,
+      "dual_clip": 0.0, "beta": 0.04, "kl_estimator": "k3", "kl_importance_weight": False,
+      "entropy_coef": 0.0, "sapo_tau_pos": 1.0, "sapo_tau_neg": 1.05})
   # Each prompt through the model once for all its samples (models.continuation_logits); False
   # runs every prompt + completion row, with the memory-lean attention of plain training.
   config.share_prompt = True

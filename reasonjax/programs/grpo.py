@@ -1,4 +1,5 @@
-"""Online RL with verifiable rewards: GRPO and its variants (DAPO, Dr. GRPO, GSPO, RLOO).
+"""Online RL with verifiable rewards: GRPO and its variants (DAPO, Dr. GRPO, GSPO, RLOO, CISPO,
+SAPO, LUSPO).
 
     python -m reasonjax.main --config=configs/grpo_arith.py --workdir=runs/grpo
 
@@ -95,6 +96,9 @@ def grpo_loss(params, batch, rng, frozen, *, model, temperature: float, aggregat
              "logprob_gap_max": jnp.max(gap), "tokens": jnp.sum(mask)}
   if "kl" in stats:
     metrics["kl"] = mean(stats["kl"])
+  if loss_kwargs.get("importance") == "sequence":
+    # GSPO clips whole completions: the token fraction above weighs them by their length.
+    metrics["clip_sequences"] = policy.sequence_clip_fraction(stats, mask)
   metrics |= {k: jnp.mean(v) for k, v in batch.items() if k.startswith("rollout_")}
   return value, (weight, metrics)
 
@@ -232,13 +236,23 @@ def results_table(start: dict[str, float], final: dict[str, float]) -> str:
   return "\n".join(lines)
 
 
+def policy_loss_kwargs(config) -> dict:
+  """`config.policy_loss` as keyword arguments of `policy.policy_loss` (dual_clip 0: None)."""
+  kwargs = dict(config.policy_loss)
+  kwargs["dual_clip"] = kwargs["dual_clip"] or None  # 0 in a config: off
+  return kwargs
+
+
 def check_config(config) -> None:
-  """Raises ValueError naming a bad name-valued field (aggregation, advantage scale, importance,
-  KL estimator, reward, verifier, reward model fields), a reward model folder without a
-  config.json, or a minibatch split that does not fit, before any work."""
+  """Raises ValueError naming a bad name-valued field (aggregation, advantage scale and ddof,
+  surrogate, importance, KL estimator, reward, verifier, reward model fields), policy_loss
+  values `policy.check_settings` refuses, a reward model folder without a config.json, or a
+  minibatch split that does not fit, before any work."""
   stages.check_policy_source(config)
   choices = {"aggregation": (config.aggregation, policy.AGGREGATIONS),
              "advantage.scale": (config.advantage.scale, policy.ADVANTAGE_SCALES),
+             "advantage.ddof": (config.advantage.ddof, policy.STD_DDOF),
+             "policy_loss.surrogate": (config.policy_loss.surrogate, policy.SURROGATES),
              "policy_loss.importance": (config.policy_loss.importance, policy.IMPORTANCE_LEVELS),
              "policy_loss.kl_estimator": (config.policy_loss.kl_estimator,
                                           policy.KL_ESTIMATORS),
@@ -250,6 +264,10 @@ def check_config(config) -> None:
   for name, (value, valid) in choices.items():
     if value not in valid:
       raise ValueError(f"config.{name}={value!r}; expected one of {sorted(valid)}")
+  try:
+    policy.check_settings(**policy_loss_kwargs(config))
+  except ValueError as e:
+    raise ValueError(f"config.policy_loss: {e}") from e
   unknown = sorted(set(config.rewards) - set(scoring.REWARDS))
   if unknown:
     raise ValueError(f"config.rewards has unknown reward(s) {unknown}; valid: "
@@ -315,11 +333,10 @@ def run(config, workdir: str) -> dict:
   problems = task.generate(config.task.num_train, seed=config.seed, split="train")
   scorer = make_scorer(config, task, tokenizer)
   rollouts = Rollouts(config, model, task, tokenizer, problems, scorer)
-  loss_kwargs = dict(config.policy_loss)
-  loss_kwargs["dual_clip"] = loss_kwargs["dual_clip"] or None  # 0 in a config: off
   loss_fn = functools.partial(grpo_loss, model=model, temperature=config.rollouts.temperature,
                               aggregation=config.aggregation,
-                              max_len=config.rollouts.max_new_tokens, loss_kwargs=loss_kwargs,
+                              max_len=config.rollouts.max_new_tokens,
+                              loss_kwargs=policy_loss_kwargs(config),
                               share_prompt=config.share_prompt)
   steps_per_iteration = config.epochs * config.minibatches
   logging.info("GRPO: %d prompts x %d samples per iteration, %d steps each",
