@@ -41,7 +41,7 @@ def policy_sft(runlocal: bool, countdown: bool) -> ml_collections.ConfigDict:
 
 def program(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A program's config as a nested run's template: without the fields the top level gives it
-  (programs.hrm.INHERITED) or that it does not use."""
+  (programs.stages.INHERITED) or that it does not use."""
   for key in ("seed", "init_from", "tokenizer", "task", "model", "sft", "name"):
     if key in config:
       del config[key]
@@ -75,7 +75,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # orm (leaves, 0/1), prm (selected nodes, MC scores), hrm (+ merged last two steps),
   # hrm_hnc (hrm records of the trees and of their HNC versions). label_kind: mse | bce.
   # Nested runs take seed, init_from, tokenizer, task and model from the top level
-  # (programs.hrm.nested_config).
+  # (programs.stages.nested_config).
   rm = ml_collections.ConfigDict({
       "names": ("orm", "prm", "hrm", "hrm_hnc"), "label_kind": "mse", "granularity": "prm",
       "pack": True})

@@ -4,8 +4,8 @@ a program."""
 
 from collections.abc import Callable
 
-from reasonjax.programs import (dpo, grpo, hrm, model_report, process_bench, reward_model,
-                                search, sft)
+from reasonjax.programs import (dpo, expert_iteration, grpo, hrm, model_report, process_bench,
+                                reward_model, search, sft)
 from reasonjax.training import loop
 
 PROGRAMS: dict[str, Callable] = {
@@ -16,6 +16,7 @@ PROGRAMS: dict[str, Callable] = {
     "grpo": grpo.run,
     "search": search.run,
     "hrm": hrm.run,
+    "expert_iteration": expert_iteration.run,
     "process_bench": process_bench.run,
 }
 
@@ -49,6 +50,7 @@ CHECKS: dict[str, Callable] = {
     "grpo": grpo.check_config,
     "search": search.check_config,
     "hrm": hrm.check_config,
+    "expert_iteration": expert_iteration.check_config,
     "process_bench": process_bench.check_config,
 }
 

@@ -22,7 +22,6 @@ other, each stored in the workdir and skipped when present:
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shlex
@@ -44,28 +43,6 @@ from reasonjax.training import experiment, loop
 
 REWARD_MODELS = ("orm", "prm", "hrm", "hrm_hnc")
 SEARCHES = ("best_of_n", "step_greedy")
-# What the nested runs (reward_models, hacking, self_training) take from the top-level config.
-INHERITED = ("seed", "init_from", "tokenizer", "task", "model")
-
-
-def nested_config(config, name: str, policy: str | None = None):
-  """The config of the nested run `config[name]`, with the top level's INHERITED fields, and
-  `policy` (a Hugging Face folder) as its init_from; without one, the top level's policy source
-  (init_from or the nested SFT run), as `check_config` sees it before the policy exists."""
-  section = copy.deepcopy(config[name])
-  with section.unlocked():
-    for key in INHERITED:
-      value = config[key]
-      section[key] = copy.deepcopy(value) if hasattr(value, "keys") else value
-    if policy is None:
-      section.sft = config.get("sft")
-      if not config.init_from and section.sft is not None:
-        section.model = copy.deepcopy(section.sft.model)  # The policy-to-be's architecture.
-    else:
-      section.init_from, section.sft = policy, None
-  return section
-
-
 def check_config(config) -> None:
   """Raises ValueError naming a bad field before any work: reward model names, aggregation,
   budgets, the nested runs' loop fields and label kind."""
@@ -99,7 +76,7 @@ def check_config(config) -> None:
   loop.check_config(config.reward_models)
   for name, program in (("hacking", grpo), ("self_training", sft)):
     try:
-      nested = nested_config(config, name)
+      nested = stages.nested_config(config, name)
       loop.check_config(nested)
       program.check_config(nested)
     except ValueError as e:
@@ -197,7 +174,7 @@ def _train_reward_models(config, workdir, policy_path, task, tokenizer, problems
     return reward_model.train(c, d, policy_path, examples, tokenizer=tokenizer)
 
   return {name: stages.nested(lambda c, d, name=name: train(c, d, name),
-                               nested_config(config, "reward_models", policy_path),
+                               stages.nested_config(config, "reward_models", policy_path),
                                os.path.join(workdir, f"rm_{name}"))
           for name in config.reward_models.names}
 
@@ -349,7 +326,7 @@ def hacking(config, workdir, policy_path, rm_paths) -> dict:
   reward and the true accuracy of the rollouts (from metrics.jsonl)."""
   out = {}
   for name in config.hacking_reward_models:
-    section = nested_config(config, "hacking", policy_path)
+    section = stages.nested_config(config, "hacking", policy_path)
     with section.unlocked():
       section.reward_model.path = rm_paths[name]
       section.reward_model.score_answers = True
@@ -396,7 +373,7 @@ def self_training(config, workdir, policy_path, paths, task, problems) -> dict:
   out = {}
   for name, rows in paths.items():
     for weight in config.kl_weights:
-      section = nested_config(config, "self_training", policy_path)
+      section = stages.nested_config(config, "self_training", policy_path)
       with section.unlocked():
         section.kl_weight = float(weight)
       directory = os.path.join(workdir, f"self_{name}_kl{weight:g}")
@@ -453,7 +430,7 @@ def run(config, workdir: str) -> dict:
   clock("reward hacking")
   paths = stages.json_file(os.path.join(workdir, "paths.json"),
                            lambda: best_paths(config, trees, train_problems, named))
-  evaluate = experiment.evaluator(nested_config(config, "self_training", policy_path), cfg,
+  evaluate = experiment.evaluator(stages.nested_config(config, "self_training", policy_path), cfg,
                                   task, tokenizer)
   start = stages.json_file(os.path.join(workdir, "self_training_start.json"),
                            lambda: evaluate(params, jax.random.key(config.seed + 1)))

@@ -12,6 +12,7 @@ run interrupted before it resumes from its own checkpoints.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from collections.abc import Callable
@@ -103,3 +104,26 @@ def load_policy(config, workdir: str):
   path = policy(config, workdir)
   cfg, params = models.load(experiment.model_section(config, path), jax.random.key(config.seed))
   return path, cfg, params
+
+
+# What a program's nested runs (a reward model, a GRPO or SFT run on the policy) take from the
+# top-level config.
+INHERITED = ("seed", "init_from", "tokenizer", "task", "model")
+
+
+def nested_config(config, name: str, policy: str | None = None):
+  """The config of the nested run `config[name]`, with the top level's INHERITED fields, and
+  `policy` (a Hugging Face folder) as its init_from; without one, the top level's policy source
+  (init_from or the nested SFT run), as `check_config` sees it before the policy exists."""
+  section = copy.deepcopy(config[name])
+  with section.unlocked():
+    for key in INHERITED:
+      value = config[key]
+      section[key] = copy.deepcopy(value) if hasattr(value, "keys") else value
+    if policy is None:
+      section.sft = config.get("sft")
+      if not config.init_from and section.sft is not None:
+        section.model = copy.deepcopy(section.sft.model)  # The policy-to-be's architecture.
+    else:
+      section.init_from, section.sft = policy, None
+  return section

@@ -10,7 +10,7 @@ import pytest
 from configs import hrm_arith
 from reasonjax import programs
 from reasonjax.data import tasks
-from reasonjax.programs import hrm, hrm_report
+from reasonjax.programs import hrm, hrm_report, stages
 from reasonjax.search import tree_data
 from tests.conftest import run_main
 from tests.search.test_tree_data import HNC_TREE, A, X, make_tree
@@ -256,4 +256,4 @@ def test_the_countdown_variant_is_countdown_throughout():
   assert config.task.name == config.sft.task.name == "countdown"
   # Nested runs take the task from the top level.
   for name in ("hacking", "self_training"):
-    assert hrm.nested_config(config, name, "/policy").task.name == "countdown"
+    assert stages.nested_config(config, name, "/policy").task.name == "countdown"
