@@ -26,14 +26,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.pairs = common.rollouts(num_samples=8)
   config.pairs.max_per_problem = 2
   config.loss = "dpo"
+  # One entry per loss of losses.preference.LOSSES (formulas and papers in its docstrings);
+  # `average_tokens` is the trainer's: it feeds the loss per-token mean log-probs instead of sums.
   config.loss_kwargs = ml_collections.ConfigDict({
       "dpo": {"beta": 0.1, "label_smoothing": 0.0},
       "robust_dpo": {"beta": 0.1, "label_smoothing": 0.1},
-      "ipo": {"beta": 0.1},
+      # The paper's (and TRL's) IPO is on per-token means: the target 1 / (2 beta) is per token.
+      "ipo": {"beta": 0.1, "average_tokens": True},
       "hinge": {"beta": 0.1},
       "reference_free": {"beta": 0.1},
       "simpo": {"beta": 2.0, "gamma": 1.0},
       "orpo": {"lam": 0.1},
+      # eps > 0 is required (the reverse KL to a hard label is infinite); 1e-3 as TRL.
+      "exo_pair": {"beta": 0.1, "label_smoothing": 1e-3},
+      "nca_pair": {"beta": 0.1},
+      # delta (the reward shift) is the batch mean unless set: a stateless stand-in for TRL's
+      # running mean.
+      "bco_pair": {"beta": 0.1},
+      "sppo_hard": {"beta": 0.1},  # targets +-1 / (2 beta) = +-5 nats of log-ratio
+      "aot_paired": {"beta": 0.1, "label_smoothing": 0.0},
+      "aot_unpaired": {"beta": 0.1, "label_smoothing": 0.0},
+      "apo_zero": {"beta": 0.1},
+      "apo_down": {"beta": 0.1},
+      "discopop": {"beta": 0.05, "tau": 0.05},  # the paper's values
+      # On per-token means: about DPO's 0.1 times the ~35-token solutions (Tulu 3 uses 5).
+      "ln_dpo": {"beta": 3.0, "label_smoothing": 0.0},
+      # alpha in (0, 1]: -> 0 is DPO, 1 the forward KL (TRL's default); 0.5 between.
+      "f_dpo_alpha": {"beta": 0.1, "alpha": 0.5, "label_smoothing": 0.0},
+      "f_dpo_js": {"beta": 0.1, "label_smoothing": 0.0},
+      # MPO's mixture: preference (sigmoid DPO), quality (BCO) and generation (SFT, the chosen
+      # response's mean token NLL) terms, with the paper's weights.
+      "mixture": {"weights": {"dpo": 0.8, "bco_pair": 0.2, "sft": 1.0},
+                  "kwargs": {"dpo": {"beta": 0.1}, "bco_pair": {"beta": 0.1}}},
   })
   # Few epochs over the pairs at a low rate: at 5e-5 for 150 steps over 71 pairs (33 epochs)
   # the preference loss fell but greedy accuracy dropped from 100% to 35%.

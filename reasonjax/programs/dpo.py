@@ -7,7 +7,14 @@ samples `pairs.num_samples` solutions per training problem; a correct and an inc
 of the same problem make a pair (chosen, rejected). The pairs are written to
 `workdir/pairs.jsonl` once, so a resumed run trains on the same data. The frozen reference is
 the starting policy. Any loss in `losses.preference.LOSSES` (inputs: sequence log-probs,
-lengths, the chosen NLL) can be named in `config.loss`.
+lengths, the chosen NLL) can be named in `config.loss`, with its hyperparameters in
+`config.loss_kwargs[loss]`.
+
+One entry of `loss_kwargs[loss]` is the trainer's, not the loss's: `average_tokens` (default
+False) feeds the loss per-token mean log-probs logp / len (policy and reference, lengths below 1
+counting as 1) instead of sums. IPO's target margin 1 / (2 beta) is defined on means (Azar et al.
+2023, as in TRL), so configs/dpo_arith.py sets it for `ipo`. Losses that take the lengths
+normalise themselves and refuse it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from reasonjax.training import experiment, loop
 
 # The arguments a preference loss may take, all [B], computed in `preference_loss`.
 INPUTS = ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l", "len_w", "len_l", "nll_w")
+# A `loss_kwargs[loss]` entry the trainer reads instead of passing it to the loss.
+AVERAGE_TOKENS = "average_tokens"
 
 
 def loss_inputs(name: str) -> tuple[str, ...]:
@@ -54,9 +63,13 @@ def preference_loss(params, batch, rng, frozen, *, model, loss: str, loss_kwargs
                     beta_for_metrics: float):
   """Mean over pairs of `preference.LOSSES[loss]`; batch from `batching.preference_example`
   ([B, T] chosen_* and rejected_* fields). `frozen` holds the reference parameters (None for
-  reference-free losses). Weight: the number of pairs."""
+  reference-free losses). `loss_kwargs`: the loss's hyperparameters, plus the trainer's
+  `average_tokens` (module docstring); the reward metrics are of the log-probs the loss is fed.
+  Weight: the number of pairs."""
   del rng
   names = loss_inputs(loss)
+  loss_kwargs = dict(loss_kwargs)
+  average_tokens = loss_kwargs.pop(AVERAGE_TOKENS, False)
   # One forward over chosen and rejected rows together: [2B, T].
   both = {k: jnp.concatenate([batch["chosen_" + k], batch["rejected_" + k]])
           for k in ("inputs", "targets", "loss_mask", "positions", "segment_ids")}
@@ -68,11 +81,16 @@ def preference_loss(params, batch, rng, frozen, *, model, loss: str, loss_kwargs
   if frozen is not None:
     ref = jax.lax.stop_gradient(_sequence_logprobs(model, frozen, both, ""))
     values["ref_logp_w"], values["ref_logp_l"] = jnp.split(ref, 2)
+  if average_tokens:
+    for side, length in (("_w", values["len_w"]), ("_l", values["len_l"])):
+      for key in ("logp" + side, "ref_logp" + side):
+        if key in values:
+          values[key] = values[key] / jnp.maximum(length, 1.0)
   per_pair = preference.get_loss(loss)(*(values[n] for n in names), **loss_kwargs)
   value = jnp.mean(per_pair)
   metrics = {"loss": value, "logp_chosen": jnp.mean(logp_w), "logp_rejected": jnp.mean(logp_l)}
   if frozen is not None:
-    margins = preference.reward_margins(logp_w, logp_l, values["ref_logp_w"],
+    margins = preference.reward_margins(values["logp_w"], values["logp_l"], values["ref_logp_w"],
                                         values["ref_logp_l"], beta=beta_for_metrics)
     metrics |= {k: jnp.mean(v) for k, v in margins.items()}
   return value, (jnp.asarray(per_pair.shape[0], jnp.float32), metrics)
@@ -117,13 +135,28 @@ def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, st
 
 
 def check_config(config) -> None:
-  """Raises ValueError for a missing policy to start from, a loss the trainer cannot run, or
-  one without its `loss_kwargs` entry."""
+  """Raises ValueError for a missing policy to start from, a loss the trainer cannot run, one
+  without its `loss_kwargs` entry, or a bad `average_tokens`."""
   stages.check_policy_source(config)
-  loss_inputs(config.loss)
+  names = loss_inputs(config.loss)
   if config.loss not in config.loss_kwargs:
     raise ValueError(f"config.loss={config.loss!r} has no config.loss_kwargs entry; "
                      f"configured losses: {sorted(config.loss_kwargs)}")
+  average = config.loss_kwargs[config.loss].get(AVERAGE_TOKENS, False)
+  field = f"config.loss_kwargs.{config.loss}.{AVERAGE_TOKENS}"
+  if not isinstance(average, bool):
+    raise ValueError(f"{field} must be True or False, got {average!r}")
+  if average and "len_w" in names:
+    raise ValueError(f"{field}=True: {config.loss} takes the lengths and normalises by them "
+                     "itself; averaging first would divide twice")
+
+
+def _beta_for_metrics(loss_kwargs: dict) -> float:
+  """The beta of the logged implicit rewards: the loss's, a mixture's first component's, or 1."""
+  if "beta" in loss_kwargs:
+    return loss_kwargs["beta"]
+  betas = [kw["beta"] for kw in (loss_kwargs.get("kwargs") or {}).values() if "beta" in kw]
+  return betas[0] if betas else 1.0
 
 
 def run(config, workdir: str) -> dict:
@@ -142,7 +175,7 @@ def run(config, workdir: str) -> dict:
   loss_kwargs = config.loss_kwargs[config.loss].to_dict()
   loss_fn = functools.partial(preference_loss, model=model, loss=config.loss,
                               loss_kwargs=loss_kwargs,
-                              beta_for_metrics=loss_kwargs.get("beta", 1.0))
+                              beta_for_metrics=_beta_for_metrics(loss_kwargs))
   state, final = loop.train(config, workdir, cfg=cfg, loss_fn=loss_fn, batches=batches,
                             params=params, frozen=params if uses_reference else None,
                             evaluate=experiment.evaluator(config, cfg, task, tokenizer))

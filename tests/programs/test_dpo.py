@@ -3,9 +3,11 @@ against per-sequence log-probs computed in numpy float64 from the model's logits
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
+from configs import dpo_arith
 from reasonjax import models
 from reasonjax.data import batching, tokenizers
 from reasonjax.data.tasks import get_task
@@ -25,6 +27,9 @@ from tests.conftest import random_params
     ("reference_free", ("logp_w", "logp_l")),
     ("simpo", ("logp_w", "logp_l", "len_w", "len_l")),
     ("orpo", ("logp_w", "logp_l", "len_w", "len_l", "nll_w")),
+    ("aot_unpaired", ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l")),
+    ("ln_dpo", ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l", "len_w", "len_l")),
+    ("mixture", dpo.INPUTS),
 ])
 def test_loss_inputs_name_the_positional_arguments(name, inputs):
   assert dpo.loss_inputs(name) == inputs
@@ -49,6 +54,39 @@ def test_a_loss_with_inputs_pairs_lack_raises_naming_them(monkeypatch):
 def test_unknown_loss_lists_the_valid_ones():
   with pytest.raises(ValueError, match="valid: .*'dpo'"):
     dpo.loss_inputs("kto")
+
+
+def test_config_runs_every_loss_with_its_kwargs():
+  """Every loss of LOSSES has a `loss_kwargs` entry that passes `check_config` and the loss's
+  own range checks."""
+  config = dpo_arith.get_config("runlocal")
+  assert set(config.loss_kwargs) == set(preference.LOSSES)
+  inputs = {"logp_w": -jnp.asarray([3.0, 9.0]), "logp_l": -jnp.asarray([5.0, 7.0]),
+            "ref_logp_w": -jnp.asarray([4.0, 8.0]), "ref_logp_l": -jnp.asarray([4.5, 7.5]),
+            "len_w": jnp.asarray([3, 9]), "len_l": jnp.asarray([5, 7]),
+            "nll_w": jnp.asarray([1.0, 1.0])}
+  for name in preference.LOSSES:
+    config.loss = name
+    dpo.check_config(config)
+    kwargs = config.loss_kwargs[name].to_dict()
+    kwargs.pop(dpo.AVERAGE_TOKENS, None)
+    got = preference.get_loss(name)(*(inputs[n] for n in dpo.loss_inputs(name)), **kwargs)
+    assert got.shape == (2,) and np.isfinite(np.asarray(got)).all(), name
+  # IPO's default is the paper's: per-token means.
+  assert config.loss_kwargs.ipo.average_tokens is True
+
+
+def test_check_config_refuses_a_bad_average_tokens():
+  config = dpo_arith.get_config("runlocal")
+  config.loss = "simpo"
+  with config.unlocked():
+    config.loss_kwargs.simpo.average_tokens = True
+    with pytest.raises(ValueError, match="simpo.average_tokens=True: simpo takes the lengths"):
+      dpo.check_config(config)
+    config.loss = "ipo"
+    config.loss_kwargs = ml_collections.ConfigDict({"ipo": {"beta": 0.1, "average_tokens": 1}})
+  with pytest.raises(ValueError, match="ipo.average_tokens must be True or False, got 1"):
+    dpo.check_config(config)
 
 
 # ----------------------------------------------------------------------------- make_pairs
@@ -123,27 +161,35 @@ def params():
   return random_params(CFG, 0), random_params(CFG, 1)
 
 
-KWARGS = {"dpo": {"beta": BETA}, "reference_free": {"beta": BETA},
-          "simpo": {"beta": 2.0, "gamma": 0.5}, "orpo": {"lam": 0.3}}
+IPO_BETA = 1.0  # target margin 1 / (2 beta) = 0.5: the scale of per-token mean log-ratios
+MPO = {"weights": {"dpo": 0.8, "bco_pair": 0.2, "sft": 1.0},
+       "kwargs": {"dpo": {"beta": BETA}, "bco_pair": {"beta": 0.5}}}
+# Name of a run in `out` -> (loss, loss_kwargs).
+RUNS = {"dpo": ("dpo", {"beta": BETA}), "reference_free": ("reference_free", {"beta": BETA}),
+        "simpo": ("simpo", {"beta": 2.0, "gamma": 0.5}), "orpo": ("orpo", {"lam": 0.3}),
+        "ipo": ("ipo", {"beta": IPO_BETA, "average_tokens": True}),
+        "ipo_summed": ("ipo", {"beta": IPO_BETA}),
+        "mixture": ("mixture", MPO)}
 
 
 @pytest.fixture(scope="module")
 def out(batch, params):
   """Everything the tests read, from one compiled program (compiling takes seconds): the
-  model's plain logits for the references, dpo against a frozen copy and against another
-  model, and the reference-free losses without frozen parameters."""
+  model's plain logits for the references, dpo against a frozen copy, the losses with a
+  reference against another model, and the reference-free ones without frozen parameters."""
   policy, other = params
 
   @jax.jit
   def run(policy, other, batch):
-    def loss(name, frozen):
+    def loss(run_name, frozen):
+      name, kwargs = RUNS[run_name]
       return dpo.preference_loss(policy, batch, None, frozen, model=MODEL, loss=name,
-                                 loss_kwargs=KWARGS[name],
-                                 beta_for_metrics=KWARGS[name].get("beta", 1.0))
+                                 loss_kwargs=kwargs, beta_for_metrics=dpo._beta_for_metrics(kwargs))
 
     logits = {(i, prefix): MODEL.apply({"params": p}, batch[prefix + "inputs"])
               for i, p in enumerate((policy, other)) for prefix in ("chosen_", "rejected_")}
-    return logits, {"dpo_self": loss("dpo", policy), "dpo": loss("dpo", other),
+    return logits, {"dpo_self": loss("dpo", policy),
+                    **{name: loss(name, other) for name in ("dpo", "ipo", "ipo_summed", "mixture")},
                     **{name: loss(name, None) for name in ("reference_free", "simpo", "orpo")}}
 
   logits, losses = jax.device_get(run(policy, other, batch))
@@ -212,3 +258,49 @@ def test_reference_free_losses_take_no_frozen_params(batch, out):
     assert float(weight) == 4.0
     assert set(metrics) == {"loss", "logp_chosen", "logp_rejected"}, name
 
+
+
+def test_ipo_is_fed_per_token_means(batch, out):
+  """The trainer's IPO with `average_tokens` (the config's default, as in the paper) equals
+  `preference.ipo` and its formula on per-token means of float64 log-probs; without it, sums."""
+  len_w = np.asarray(batch["chosen_loss_mask"]).sum(-1)
+  len_l = np.asarray(batch["rejected_loss_mask"]).sum(-1)
+  assert (len_w != len_l).any()
+  logp = out["logp"]
+  mean_w, mean_l = logp[0, "chosen_"] / len_w, logp[0, "rejected_"] / len_l
+  ref_w, ref_l = logp[1, "chosen_"] / len_w, logp[1, "rejected_"] / len_l
+  delta = (mean_w - ref_w) - (mean_l - ref_l)
+  expected = np.mean((delta - 1 / (2 * IPO_BETA)) ** 2)
+  value, (weight, metrics) = out["ipo"]
+  assert float(weight) == 4.0
+  np.testing.assert_allclose(float(value), expected, rtol=1e-4)
+  np.testing.assert_allclose(
+      float(value), float(preference.ipo(mean_w, mean_l, ref_w, ref_l, beta=IPO_BETA).mean()),
+      rtol=1e-4)
+  # The logged implicit rewards are of the log-probs the loss is fed.
+  np.testing.assert_allclose(float(metrics["reward_margin"]), IPO_BETA * delta.mean(),
+                             rtol=1e-4, atol=1e-5)
+  delta_summed = ((logp[0, "chosen_"] - logp[1, "chosen_"])
+                  - (logp[0, "rejected_"] - logp[1, "rejected_"]))
+  summed = np.mean((delta_summed - 1 / (2 * IPO_BETA)) ** 2)
+  np.testing.assert_allclose(float(out["ipo_summed"][0]), summed, rtol=1e-4)
+  assert abs(summed - expected) > 0.1 * expected  # The option matters on this batch.
+
+
+def test_mixture_by_name_feeds_each_component(batch, out):
+  """MPO's mixture through the trainer: nested kwargs reach the components and "sft" is the
+  chosen response's mean token NLL."""
+  len_w = np.asarray(batch["chosen_loss_mask"]).sum(-1)
+  logp = out["logp"]
+  r_w = logp[0, "chosen_"] - logp[1, "chosen_"]
+  r_l = logp[0, "rejected_"] - logp[1, "rejected_"]
+  b = MPO["kwargs"]["bco_pair"]["beta"]
+  delta = np.concatenate([b * r_w, b * r_l]).mean()
+  per_pair = (-0.8 * log_sigmoid(BETA * (r_w - r_l))
+              + 0.2 * (-log_sigmoid(b * r_w - delta) - log_sigmoid(delta - b * r_l))
+              - logp[0, "chosen_"] / len_w)
+  value, (weight, metrics) = out["mixture"]
+  assert float(weight) == 4.0
+  np.testing.assert_allclose(float(value), per_pair.mean(), rtol=1e-4)
+  np.testing.assert_allclose(float(metrics["reward_margin"]), BETA * (r_w - r_l).mean(),
+                             rtol=1e-4, atol=1e-4)
