@@ -133,6 +133,17 @@ def rollouts(num_samples: int = 8, temperature: float = 1.0, max_new_tokens: int
       "max_new_tokens": max_new_tokens, "batch_size": batch_size})
 
 
+def reward_model(path: str = "") -> ml_collections.ConfigDict:
+  """A trained reward model as a reward (`rewards.reward_model.check_section`): path, a
+  reward_model run's export (workdir/hf), "" for none; granularity, how it was trained (orm, prm,
+  hrm); aggregation, a solution's score from its step scores (min, prod, last, mean); batch_size,
+  completions per forward pass; score_answers, it was trained on answer lines too (tree data,
+  programs/hrm.py)."""
+  return ml_collections.ConfigDict({
+      "path": path, "granularity": "prm", "aggregation": "min", "batch_size": 64,
+      "score_answers": False})
+
+
 def post_training(config: ml_collections.ConfigDict, sft: ml_collections.ConfigDict) -> None:
   """Fields of a method that starts from a policy: `sft`, the nested SFT run that makes one (used
   when `init_from`, a Hugging Face folder, is empty; e.g. `configs.sft_arith.nested`), its task

@@ -33,23 +33,35 @@ RENAMED = {"loss": "policy_loss"}
 def grpo(config: ml_collections.ConfigDict) -> None:
   """The GRPO fields (reasonjax/programs/grpo.py) with their defaults."""
   config.trainer = "grpo"
+  # cutoff_fraction: decoding stops once that fraction of the rows has ended (the rest are
+  # truncated there); 1: off.
   config.rollouts = ml_collections.ConfigDict({
-      "prompts": 16, "num_samples": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64})
+      "prompts": 16, "num_samples": 8, "temperature": 1.0, "top_p": 1.0, "max_new_tokens": 64,
+      "cutoff_fraction": 1.0})
   # Weights of rewards.scoring.REWARDS (all listed, so that any can be set from the command line).
   config.rewards = ml_collections.ConfigDict({
-      "correctness": 1.0, "format": 0.0, "brevity": 0.0, "self_consistency": 0.0})
+      "correctness": 1.0, "format": 0.0, "brevity": 0.0, "self_consistency": 0.0,
+      "answer_frequency": 0.0, "group_length": 0.0})
+  # DAPO's data controls, all off here (configs/dapo_arith.py): dynamic_sampling samples more
+  # prompt batches until rollouts.prompts groups have unequal rewards (at most
+  # max_sampling_rounds batches; then zero-variance groups fill the rest); overlong_filter
+  # leaves truncated completions out of the loss; overlong_cache > 0 adds the soft overlong
+  # penalty (rewards.scoring.overlong_penalty) times overlong_weight over the last
+  # overlong_cache tokens of rollouts.max_new_tokens.
+  # Guide-GRPO (configs/guide_grpo_arith.py), off here: in a group whose rewards are all below
+  # `below`, the last `samples` completions are sampled again with `hint` in the prompt.
+  config.guidance = ml_collections.ConfigDict({
+      "samples": 0, "below": 0.5, "hint": " (The answer is {answer}.)"})
+  config.data_controls = ml_collections.ConfigDict({
+      "dynamic_sampling": False, "max_sampling_rounds": 3, "overlong_filter": False,
+      "overlong_cache": 0, "overlong_weight": 1.0})
   # How answers are graded (rewards.scoring.VERIFIERS): "task" is the task's own check_answer;
   # "gsm8k" and "math" the numeric and boxed-LaTeX graders.
   config.verifier = "task"
   config.scorer_workers = 2
-  # The reward model study: a reward_model run's export (workdir/hf) whose solution score is
-  # the reward instead of config.rewards; the verifier then only reports the true accuracy.
-  # granularity: how it was trained (orm, prm, hrm); aggregation: min, prod, last or mean of
-  # the step scores (prm, hrm); batch_size: completions per forward pass. "": verifier rewards.
-  # score_answers: it was trained on answer lines too (tree data, programs/hrm.py).
-  config.reward_model = ml_collections.ConfigDict({
-      "path": "", "granularity": "prm", "aggregation": "min", "batch_size": 64,
-      "score_answers": False})
+  # The reward model study: a reward model's solution score is the reward instead of
+  # config.rewards; the verifier then only reports the true accuracy. "": verifier rewards.
+  config.reward_model = common.reward_model()
   # losses.policy.group_advantages: scale group, batch or none (Dr. GRPO); leave_one_out: the
   # RLOO baseline; ddof: the standard deviation divides by n - ddof, 0 (population, the
   # default) or 1 (Bessel's correction, as TRL's GRPOTrainer).
@@ -72,6 +84,9 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   # Each prompt through the model once for all its samples (models.continuation_logits); False
   # runs every prompt + completion row, with the memory-lean attention of plain training.
   config.share_prompt = True
+  # The split of the problems trained on: "test" is test-time RL on the evaluation's own
+  # problems, without their answers (configs/ttrl_arith.py).
+  config.train_split = "train"
   config.epochs = 1  # mu: passes over each iteration's rollouts
   config.minibatches = 1  # optimizer steps per pass; each holds prompts / minibatches groups
 

@@ -9,7 +9,9 @@ the verified solutions and fine-tuning on them (programs/expert_iteration.py). S
 Knobs: expert_iteration.rounds, .restart ("base": each round fine-tunes the starting policy, as
 the paper; "continue"), .max_per_problem (the paper caps right solutions per problem),
 rollouts.num_samples and .temperature (the E-step's samples), train (each round's SFT loop:
-steps, learning_rate, ...). Without `init_from`, the starting policy is a short SFT run that
+steps, learning_rate, ...), reward_model.path (select by a trained reward model's score >=
+expert_iteration.threshold, on top of the answer check unless expert_iteration.verified_only is
+False). Without `init_from`, the starting policy is a short SFT run that
 solves about half the problems (configs/hrm_arith.py:policy_sft), trained into workdir/sft.
 
 Args: `runlocal` (a few problems and steps, for tests), `countdown` (the Countdown task).
@@ -26,9 +28,14 @@ def expert_iteration(config: ml_collections.ConfigDict, *, runlocal: bool,
   config.trainer = "expert_iteration"
   common.post_training(config, hrm_arith.policy_sft(runlocal, countdown))
   config.task.num_train = 1024  # training problems, all sampled every round
+  # threshold 1: of the checker's 0/1 rewards, the right samples; with a reward model, its
+  # solution score in [0, 1]. balance: B-STaR's search (configs/b_star_arith.py), off here.
   config.expert_iteration = ml_collections.ConfigDict({
       "rounds": 3, "restart": "base", "max_per_problem": 4, "rationalize": False,
-      "hint": " (The answer is {answer}.)", "steps_growth": 0.0})
+      "hint": " (The answer is {answer}.)", "steps_growth": 0.0, "threshold": 1.0,
+      "verified_only": True,
+      "balance": {"temperatures": (), "thresholds": (), "target": 4, "probe_problems": 128}})
+  config.reward_model = common.reward_model()
   config.rollouts = common.rollouts(num_samples=8, temperature=1.0, max_new_tokens=64,
                                     batch_size=256)
   train = hrm_arith.program(sft_arith.get_config("runlocal"))

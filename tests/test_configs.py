@@ -142,6 +142,40 @@ def test_grpo_arith_runlocal_trains_on_its_own_samples(sft_workdir, tmp_path):
   assert results["grpo_accuracy"] == final["eval/accuracy"] and final["step"] == 8
 
 
+@pytest.mark.parametrize("name, arg", [("dapo_arith", "runlocal,efficiency"),
+                                       ("ttrl_arith", "runlocal,empo")])
+def test_grpo_recipes_runlocal(name, arg, sft_workdir, tmp_path):
+  """DAPO with the length reward, the cut-off and Guide-GRPO's guidance (every data control
+  on), and EMPO (test-time, no verifier in the reward), 4 iterations each from the shared SFT
+  start."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  guide = ["--config.guidance.samples=2"] if name == "dapo_arith" else []
+  out = run_main(f"--config=configs/{name}.py:{arg}", f"--config.init_from={sft_workdir}/hf",
+                 "--config.steps=4", "--config.checkpoint_every=4", "--config.eval_every=0",
+                 *guide, workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  train = _rows(tmp_path, "rollout_reward_mean")
+  assert [r["step"] for r in train] == [1, 2, 3, 4]
+  for r in train:
+    if name == "ttrl_arith":  # the reward never reads the answers; correctness is a metric
+      assert r["rollout_sampling_rounds"] == 1
+      assert r["rollout_reward_mean"] == pytest.approx(r["rollout_reward_answer_frequency"])
+      continue
+    assert 1 <= r["rollout_sampling_rounds"] <= 3
+    # Dynamic sampling: the batch holds no more zero-variance groups than the first draw.
+    assert r["rollout_zero_variance_groups"] <= r["rollout_sampled_zero_variance_groups"]
+    # The reward metrics are of the first draw's plain samples: the batch trained on when
+    # neither dynamic sampling nor guidance changed it.
+    if r["rollout_sampling_rounds"] == 1 and r["rollout_guided_groups"] == 0:
+      assert r["rollout_reward_mean"] == pytest.approx(
+          r["rollout_reward_correctness"] + 0.5 * r["rollout_reward_group_length"]
+          + r["rollout_reward_overlong_penalty"], abs=1e-5)
+    assert -1.0 <= r["rollout_reward_overlong_penalty"] <= 0.0
+    # Guided groups are those whose plain samples all failed.
+    assert 0.0 <= r["rollout_guided_right"] <= 1.0
+    assert r["rollout_guided_groups"] <= 1.0 - r["rollout_reward_correctness"] + 1e-6
+
+
 def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_path):
   page = os.path.join(tmp_path, "page.md")
   _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf",

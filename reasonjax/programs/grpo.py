@@ -24,6 +24,19 @@ aggregated with `reward_model.aggregation` for prm/hrm, the one score for orm), 
 (`rollout_true_accuracy`, beside the reward model's `rollout_reward_mean`): reward hacking shows
 as the reward rising while the true accuracy does not.
 
+DAPO's data controls (`config.data_controls`): dynamic sampling draws more prompt batches until
+the iteration has `rollouts.prompts` groups whose rewards differ (a group of equal rewards has
+no advantage and so no gradient), filling with equal-reward groups after `max_sampling_rounds`
+draws; overlong filtering leaves truncated completions out of the loss; the soft overlong
+penalty is added to the rewards (`rewards.scoring.overlong_penalty`). `rollouts.cutoff_fraction`
+stops decoding once that fraction of the rows has ended (`sampling.SamplingConfig`).
+Guide-GRPO (`config.guidance`): in a group whose rewards are all below `guidance.below`, the
+last `guidance.samples` completions are sampled again with the answer as a hint in the prompt and
+trained on under the plain prompt, with the hinted sampler's log-probs as the old policy (the
+importance weight of these off-policy samples; `Rollouts._guide`).
+`config.train_split="test"` trains on the evaluation's problems (test-time RL, with rewards that
+do not read the answers).
+
 Rollout statistics ride in the batch as per-sample constants (`rollout_*` fields), so each step's
 metrics line holds the numbers of the rollouts it trained on. A checkpoint keeps the iteration's
 untrained minibatches, so a resumed run trains on the same rollouts.
@@ -45,11 +58,11 @@ from jax.experimental import multihost_utils
 from reasonjax import distributed, models, sharding
 from reasonjax.data import batching
 from reasonjax.data.tasks import Task
+from reasonjax.data.tasks.base import SPLITS
 from reasonjax.losses import policy, tokens
 from reasonjax.rewards import reward_model as rm_reward, scoring
 from reasonjax.sampling import sampler as sampler_lib
 from reasonjax.sampling import texts as sampling_texts
-from reasonjax.search import scorers
 from reasonjax.programs import stages
 from reasonjax.training import experiment, loop
 
@@ -131,12 +144,15 @@ class Rollouts:
 
   def __init__(self, config, model, task: Task, tokenizer, problems, scorer):
     section = config.rollouts
-    self.model, self.tokenizer, self.problems = model, tokenizer, problems
+    self.model, self.tokenizer, self.problems, self.task = model, tokenizer, problems, task
+    self.guidance = config.guidance
     self.scorer, self.seed = scorer, config.seed
     self.group, self.epochs, self.minibatches = (section.num_samples, config.epochs,
                                                  config.minibatches)
     self.advantage = dict(config.advantage)
-    self.sampling = sampler_lib.sampling_config(section, tokenizer)
+    self.controls = config.data_controls
+    self.sampling = sampler_lib.sampling_config(section, tokenizer,
+                                                cutoff_fraction=section.cutoff_fraction)
     _check_minibatches(section.prompts, config.minibatches)
     examples = [batching.prompt_example(tokenizer, task.prompt(p), i)
                 for i, p in enumerate(problems)]
@@ -158,10 +174,12 @@ class Rollouts:
             v[index * groups * self.group:(index + 1) * groups * self.group]
             for k, v in batch.items()}
 
-  def _iteration(self, params) -> list[dict[str, np.ndarray]]:
-    """Samples, scores and splits one iteration's rollouts into epochs x minibatches."""
+  def _sample(self, params, attempt: int) -> dict:
+    """One prompt batch sampled and scored: the batch, its host `output`, rewards [N] (with
+    the overlong penalty), the reward metrics and timings."""
     prompt_batch = next(self.prompts)
-    rng = jax.random.fold_in(jax.random.key(self.seed + 3), self.iteration)
+    key = jax.random.fold_in(jax.random.key(self.seed + 3), self.iteration)
+    rng = key if attempt == 0 else jax.random.fold_in(key, 1000 + attempt)
     start = time.perf_counter()
     # Every process samples the same prompts (and gets every row back): the work is spread
     # over the devices of the global mesh, and each process then scores its share.
@@ -172,19 +190,98 @@ class Rollouts:
     problems = [self.problems[int(i)] for i in prompt_batch["index"] for _ in range(self.group)]
     texts = sampling_texts.decode_rows(self.tokenizer, output)
     start = time.perf_counter()
-    rewards, reward_metrics = _score_shared(self.scorer, problems, texts, self.group)
-    score_s = time.perf_counter() - start
+    rewards, metrics = _score_shared(self.scorer, problems, texts, self.group)
+    if self.guidance.samples:
+      output, texts, rewards, metrics = self._guide(params, prompt_batch, problems, output,
+                                                    texts, rewards, metrics, rng)
+    scored = np.asarray(rewards, np.float32)
+    if self.controls.overlong_cache:
+      penalty = scoring.overlong_penalty(output.lengths, self.sampling.max_new_tokens,
+                                         self.controls.overlong_cache)
+      rewards = rewards + self.controls.overlong_weight * penalty
+      metrics["reward/overlong_penalty"] = float(penalty.mean())
+    return {"batch": prompt_batch, "output": output, "rewards": np.asarray(rewards, np.float32),
+            "scored": scored, "metrics": metrics, "sample_s": sample_s, "score_s": time.perf_counter() - start}
+
+  def _guide(self, params, prompt_batch, problems, output, texts, rewards, metrics, rng):
+    """Guide-GRPO: in each group whose rewards are all below `guidance.below`, the last
+    `guidance.samples` completions are replaced by ones sampled with the hint in the prompt,
+    and the group is scored again. The batch keeps the plain prompt and the hinted sampler's
+    log-probs as old_logp, so the loss's ratio pi(o | q) / pi_old(o | q, hint) is the
+    importance weight that corrects for the hinted (off-policy) samples."""
+    g, h = self.group, self.guidance.samples
+    failed = np.flatnonzero(np.asarray(rewards).reshape(-1, g).max(1) < self.guidance.below)
+    metrics = metrics | {"guided_groups": len(failed) / (len(rewards) // g)}
+    if not len(failed):
+      return output, texts, rewards, metrics | {"guided_right": 0.0}
+    examples = [batching.prompt_example(
+        self.tokenizer, self.task.prompt(problems[i * g].hinted(self.guidance.hint)), 0)["prompt"]
+        for i in failed]
+    width = max(len(e) for e in examples)
+    tokens = np.stack([np.pad(e, (0, width - len(e))) for e in examples])
+    lengths = np.asarray([len(e) for e in examples], np.int32)
+    hinted = sharding.to_host(sampler_lib.sample(
+        self.model, params, tokens, lengths, jax.random.fold_in(rng, 7),
+        self.sampling.replace(num_samples=h)))
+    rows = (failed[:, None] * g + np.arange(g - h, g)).reshape(-1)
+    output = jax.tree.map(lambda x, y: _set_rows(x, rows, y), output, hinted)
+    hinted_texts = sampling_texts.decode_rows(self.tokenizer, hinted)
+    texts = list(texts)
+    for row, text in zip(rows, hinted_texts):
+      texts[row] = text
+    group_rows = (failed[:, None] * g + np.arange(g)).reshape(-1)
+    again, _ = _score_shared(self.scorer, [problems[r] for r in group_rows],
+                             [texts[r] for r in group_rows], g)
+    rewards = np.asarray(rewards, np.float32).copy()
+    rewards[group_rows] = again
+    right = again.reshape(-1, g)[:, g - h:].max(1) >= self.guidance.below
+    return output, texts, rewards, metrics | {"guided_right": float(right.mean())}
+
+  def _iteration(self, params) -> list[dict[str, np.ndarray]]:
+    """Samples, scores and splits one iteration's rollouts into epochs x minibatches. With
+    dynamic sampling, groups whose scores are all equal are dropped and more prompt batches
+    sampled, until the batch is full of informative groups. The scores are the scorer's, before
+    the overlong penalty: with the correctness reward alone, DAPO's all-right and all-wrong
+    groups (a length-dependent term would make nearly every group differ)."""
+    draws = [self._sample(params, 0)]
+    rounds = self.controls.max_sampling_rounds if self.controls.dynamic_sampling else 1
+    informative = lambda d: d["scored"].reshape(-1, self.group).std(1) > 0  # noqa: E731
+    while len(draws) < rounds and sum(informative(d).sum() for d in draws) < len(
+        draws[0]["batch"]["prompt"]):
+      draws.append(self._sample(params, len(draws)))
+    groups = len(draws[0]["batch"]["prompt"])
+    if len(draws) > 1 or self.controls.dynamic_sampling:
+      # Informative groups first, in draw order; zero-variance ones fill what is left.
+      order = sorted(((not keep, d, g) for d, draw in enumerate(draws)
+                      for g, keep in enumerate(informative(draw))))[:groups]
+      pick = lambda d: sorted(g for _, dd, g in order if dd == d)  # noqa: E731
+    else:
+      pick = lambda d: list(range(groups))  # noqa: E731
+    parts = [(draw, np.asarray(pick(d), np.int64)) for d, draw in enumerate(draws)]
+    rows = lambda g: (g[:, None] * self.group + np.arange(self.group)).reshape(-1)  # noqa: E731
+    prompts = np.concatenate([d["batch"]["prompt"][g] for d, g in parts])
+    prompt_lengths = np.concatenate([d["batch"]["prompt_length"][g] for d, g in parts])
+    output = jax.tree.map(lambda *xs: np.concatenate(xs),
+                          *[jax.tree.map(lambda x, g=g: x[rows(g)], d["output"])
+                            for d, g in parts])
+    rewards = np.concatenate([d["rewards"][rows(g)] for d, g in parts])
     advantages = np.asarray(policy.group_advantages(rewards, self.group, **self.advantage))
-    batch = rollout_batch(prompt_batch["prompt"], prompt_batch["prompt_length"], output,
-                          advantages)
+    batch = rollout_batch(prompts, prompt_lengths, output, advantages)
+    truncated = output.finish_reason == sampler_lib.LENGTH
+    if self.controls.overlong_filter:
+      batch["loss_mask"] = batch["loss_mask"] * ~truncated[:, None]
     grouped = rewards.reshape(-1, self.group)
-    generated = float(output.lengths.sum())
+    first = draws[0]["rewards"].reshape(-1, self.group)
+    sample_s = sum(d["sample_s"] for d in draws)
+    generated = float(sum(d["output"].lengths.sum() for d in draws))
+    reward_metrics = {k: np.mean([d["metrics"][k] for d in draws]) for k in draws[0]["metrics"]}
     stats = {"reward_mean": rewards.mean(), "reward_std": rewards.std(),
              "zero_variance_groups": np.mean(grouped.min(1) == grouped.max(1)),
-             "completion_length": output.lengths.mean(),
-             "truncated": np.mean(output.finish_reason == sampler_lib.LENGTH),
+             "sampled_zero_variance_groups": np.mean(first.min(1) == first.max(1)),
+             "sampling_rounds": len(draws), "generated_tokens": generated,
+             "completion_length": output.lengths.mean(), "truncated": np.mean(truncated),
              "sample_tokens_per_s": generated / sample_s, "sample_seconds": sample_s,
-             "score_seconds": score_s, "iteration": self.iteration,
+             "score_seconds": sum(d["score_s"] for d in draws), "iteration": self.iteration,
              **{k.replace("/", "_"): v for k, v in reward_metrics.items()}}
     n = len(rewards)
     batch |= {f"rollout_{k}": np.full(n, v, np.float32) for k, v in stats.items()}
@@ -192,9 +289,8 @@ class Rollouts:
     order_rng = np.random.default_rng([self.seed, self.iteration])
     out = []
     for _ in range(self.epochs):
-      groups = order_rng.permutation(len(prompt_batch["prompt"]))
-      for part in np.split(groups, self.minibatches):
-        samples = (part[:, None] * self.group + np.arange(self.group)).reshape(-1)
+      for part in np.split(order_rng.permutation(groups), self.minibatches):
+        samples = rows(part)
         # prompt_* fields have a row per group, all others (rollout_* too) a row per sample.
         out.append({k: v[part if k.startswith("prompt_") else samples] for k, v in batch.items()})
     return out
@@ -213,19 +309,30 @@ class Rollouts:
                     for b in state["pending"]]
 
 
+def _set_rows(array: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+  """A copy of `array` with `rows` replaced by `values`."""
+  out = np.array(array)
+  out[rows] = values
+  return out
+
+
 def _score_shared(scorer, problems, texts, group: int) -> tuple[np.ndarray, dict]:
   """`scorer` on all rows, each process scoring its contiguous share of whole groups; rewards
-  [N] and the metrics' means, the same on every process."""
+  [N] and the metrics' means, the same on every process. Groups that do not split evenly
+  over the processes are padded with copies of the last one (scored, then dropped)."""
   count, index = jax.process_count(), jax.process_index()
   if count == 1:
     return scorer(problems, texts, group_size=group)
+  n, pad = len(texts), -(len(texts) // group) % count
+  problems, texts = list(problems) + list(problems[-group:]) * pad, list(texts) + list(
+      texts[-group:]) * pad
   share = len(texts) // count
   mine = slice(index * share, (index + 1) * share)
   rewards, metrics = scorer(problems[mine], texts[mine], group_size=group)
   keys = sorted(metrics)
   rewards = multihost_utils.process_allgather(np.asarray(rewards, np.float32)).reshape(-1)
   means = distributed.job_sum([metrics[k] for k in keys]) / count
-  return rewards, dict(zip(keys, means.tolist()))
+  return rewards[:n], dict(zip(keys, means.tolist()))
 
 
 def results_table(start: dict[str, float], final: dict[str, float]) -> str:
@@ -256,11 +363,7 @@ def check_config(config) -> None:
              "policy_loss.importance": (config.policy_loss.importance, policy.IMPORTANCE_LEVELS),
              "policy_loss.kl_estimator": (config.policy_loss.kl_estimator,
                                           policy.KL_ESTIMATORS),
-             "verifier": (config.verifier, scoring.VERIFIERS),
-             "reward_model.granularity": (config.reward_model.granularity,
-                                          scorers.GRANULARITIES),
-             "reward_model.aggregation": (config.reward_model.aggregation,
-                                          scorers.AGGREGATIONS)}
+             "verifier": (config.verifier, scoring.VERIFIERS)}
   for name, (value, valid) in choices.items():
     if value not in valid:
       raise ValueError(f"config.{name}={value!r}; expected one of {sorted(valid)}")
@@ -272,13 +375,25 @@ def check_config(config) -> None:
   if unknown:
     raise ValueError(f"config.rewards has unknown reward(s) {unknown}; valid: "
                      f"{list(scoring.REWARDS)}")
-  rm = config.reward_model
-  if rm.path and not os.path.isfile(os.path.join(rm.path, "config.json")):
-    raise ValueError(f"config.reward_model.path={rm.path!r}: no config.json there; expected a "
-                     "reward_model run's export (its workdir/hf), or '' for verifier rewards")
-  if rm.batch_size < 1:
-    raise ValueError(f"config.reward_model.batch_size={rm.batch_size!r}; expected a positive "
-                     "integer (completions per reward model forward pass)")
+  rm_reward.check_section(config.reward_model)
+  if config.train_split not in SPLITS:
+    raise ValueError(f"config.train_split={config.train_split!r}; expected one of {SPLITS}")
+  guidance, section = config.guidance, config.rollouts
+  if not 0 <= guidance.samples <= section.num_samples:
+    raise ValueError(f"config.guidance.samples={guidance.samples}: expected 0 (off) to "
+                     f"rollouts.num_samples={section.num_samples} hinted samples per group")
+  if guidance.samples and "{answer}" not in guidance.hint:
+    raise ValueError(f"config.guidance.hint={guidance.hint!r} has no {{answer}} to fill in")
+  controls = config.data_controls
+  if controls.max_sampling_rounds < 1:
+    raise ValueError(f"config.data_controls.max_sampling_rounds={controls.max_sampling_rounds}: "
+                     "expected >= 1 (prompt batches sampled per iteration at most)")
+  if not 0 <= controls.overlong_cache <= section.max_new_tokens:
+    raise ValueError(f"config.data_controls.overlong_cache={controls.overlong_cache}: expected "
+                     f"0 (off) to rollouts.max_new_tokens={section.max_new_tokens}")
+  if not 0 < section.cutoff_fraction <= 1:
+    raise ValueError(f"config.rollouts.cutoff_fraction={section.cutoff_fraction}: expected a "
+                     "fraction in (0, 1] of the rows (1: no cut-off)")
   _check_minibatches(config.rollouts.prompts, config.minibatches)
 
 
@@ -304,11 +419,7 @@ def make_scorer(config, task: Task, tokenizer):
   logging.info("GRPO rewards: the %s reward model %s (aggregation %s); config.rewards unused",
                rm.granularity, rm.path, rm.aggregation)
   truth = scoring.Scorer(verifier, {"correctness": 1.0}, num_workers=config.scorer_workers)
-  return rm_reward.RewardModelReward.load(rm.path, task, tokenizer, truth,
-                                          granularity=rm.granularity,
-                                          aggregation=rm.aggregation,
-                                          batch_size=rm.batch_size,
-                                          score_answers=rm.score_answers)
+  return rm_reward.RewardModelReward.from_section(rm, task, tokenizer, truth)
 
 
 def run(config, workdir: str) -> dict:
@@ -330,7 +441,7 @@ def run(config, workdir: str) -> dict:
         json.dump(start, f, indent=2)
   if start:
     print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
-  problems = task.generate(config.task.num_train, seed=config.seed, split="train")
+  problems = task.generate(config.task.num_train, seed=config.seed, split=config.train_split)
   scorer = make_scorer(config, task, tokenizer)
   rollouts = Rollouts(config, model, task, tokenizer, problems, scorer)
   loss_fn = functools.partial(grpo_loss, model=model, temperature=config.rollouts.temperature,

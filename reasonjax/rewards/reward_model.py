@@ -25,6 +25,21 @@ from reasonjax.data.tasks import Problem, Task
 from reasonjax.search import policy, scorers
 
 
+def check_section(section, name: str = "config.reward_model") -> None:
+  """Raises ValueError naming the bad field of a reward-model section: {path (a reward_model
+  run's export, or "" for none), granularity, aggregation, batch_size, score_answers}."""
+  for field, valid in (("granularity", scorers.GRANULARITIES),
+                       ("aggregation", scorers.AGGREGATIONS)):
+    if section[field] not in valid:
+      raise ValueError(f"{name}.{field}={section[field]!r}; expected one of {sorted(valid)}")
+  if section.path and not os.path.isfile(os.path.join(section.path, "config.json")):
+    raise ValueError(f"{name}.path={section.path!r}: no config.json there; expected a "
+                     "reward_model run's export (its workdir/hf), or '' for verifier rewards")
+  if section.batch_size < 1:
+    raise ValueError(f"{name}.batch_size={section.batch_size!r}; expected a positive integer "
+                     "(completions per reward model forward pass)")
+
+
 class RewardModelReward:
   """Rewards float32 [N] in [0, 1] from a reward model, with the call of `scoring.Scorer`.
 
@@ -42,6 +57,16 @@ class RewardModelReward:
     self.rm, self.task, self.truth = rm, task, truth
     # An ORM's one score is the solution's, whatever the aggregation.
     self.aggregation = "last" if rm.granularity == "orm" else aggregation
+
+  @classmethod
+  def from_section(cls, section, task: Task, tokenizer, truth=None) -> RewardModelReward | None:
+    """The reward model of a `config.reward_model` section (`check_section`), or None when its
+    path is empty; `truth` may be None where only `scores` is called."""
+    if not section.path:
+      return None
+    return cls.load(section.path, task, tokenizer, truth, granularity=section.granularity,
+                    aggregation=section.aggregation, batch_size=section.batch_size,
+                    score_answers=section.score_answers)
 
   @classmethod
   def load(cls, folder: str, task: Task, tokenizer, truth, *, granularity: str = "prm",

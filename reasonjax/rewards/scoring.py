@@ -7,7 +7,9 @@ Per completion: `correctness` (1 if the verifier accepts the answer), `format` (
 ends with exactly one answer line in the verifier's format), `brevity` (1 - chars / max_chars,
 clipped to [0, 1]). Per group of `group_size` samples of one problem: `self_consistency` (1 if
 the completion's answer is the group's majority answer: a pseudo-label when the gold answer is
-unknown, as in test-time RL). The reward is the weighted sum.
+unknown, as in test-time RL), `answer_frequency` (the fraction of the group that gives the same
+answer: EMPO's semantic-entropy reward, answers as the meaning clusters) and `group_length` (Kimi
+k1.5's length reward, `group_length_rewards`). The reward is the weighted sum.
 
 A failing reward function scores its completion 0, is counted in the metrics, and never stops
 training or costs another completion its score:
@@ -49,7 +51,8 @@ import numpy as np
 from reasonjax.data.tasks.base import ANSWER_PREFIX, Problem, Task, parse_answer
 from reasonjax.rewards import math as rmath
 
-REWARDS = ("correctness", "format", "brevity", "self_consistency")
+REWARDS = ("correctness", "format", "brevity", "self_consistency", "answer_frequency",
+           "group_length")
 
 
 def ends_with_answer_line(text: str) -> bool:
@@ -304,6 +307,52 @@ def majority_rewards(answers: Sequence[str | None], group_size: int) -> np.ndarr
   return out
 
 
+def answer_frequencies(answers: Sequence[str | None], group_size: int) -> np.ndarray:
+  """[N] float32: the fraction of a completion's group with its answer (0 for no answer).
+
+  Zhang et al. 2025 (EMPO) reward each output with the empirical probability of its meaning
+  cluster; with group-normalised advantages this lowers the group's semantic entropy. Here the
+  clusters are the extracted answers.
+  """
+  if len(answers) % group_size:
+    raise ValueError(f"{len(answers)} completions do not split into groups of {group_size}")
+  out = np.zeros(len(answers), np.float32)
+  for start in range(0, len(answers), group_size):
+    group = answers[start:start + group_size]
+    counts = collections.Counter(group)
+    out[start:start + group_size] = [counts[a] / group_size if a is not None else 0.0
+                                     for a in group]
+  return out
+
+
+def group_length_rewards(lengths: Sequence[int], correct: Sequence[float],
+                         group_size: int) -> np.ndarray:
+  """[N] float32: Kimi k1.5's length reward in each group of `group_size`:
+  lambda = 0.5 - (len - min_len) / (max_len - min_len) (0 where all lengths are equal), given
+  as lambda to a right completion (correct > 0) and min(0, lambda) to a wrong one: shorter right
+  answers gain, longer wrong ones lose."""
+  lengths = np.asarray(lengths, np.float64)
+  correct = np.asarray(correct, np.float64)
+  if len(lengths) % group_size or len(correct) != len(lengths):
+    raise ValueError(f"{len(lengths)} lengths and {len(correct)} grades do not split into "
+                     f"groups of {group_size}")
+  grouped = lengths.reshape(-1, group_size)
+  low, high = grouped.min(1, keepdims=True), grouped.max(1, keepdims=True)
+  lam = np.where(high > low, 0.5 - (grouped - low) / np.maximum(high - low, 1e-12), 0.0)
+  lam = lam.reshape(-1)
+  return np.where(correct > 0, lam, np.minimum(0.0, lam)).astype(np.float32)
+
+
+def overlong_penalty(lengths, max_length: int, cache: int) -> np.ndarray:
+  """[N] float32: DAPO's soft overlong punishment of a completion of `lengths` tokens, 0 up to
+  max_length - cache, then falling linearly to -1 at max_length (and -1 beyond):
+  ((max_length - cache) - len) / cache."""
+  if not 0 < cache <= max_length:
+    raise ValueError(f"overlong cache={cache}: expected 0 < cache <= max_length={max_length}")
+  lengths = np.asarray(lengths, np.float64)
+  return np.clip((max_length - cache - lengths) / cache, -1.0, 0.0).astype(np.float32)
+
+
 class Scorer:
   """Weighted rewards for batches of completions; see the module docstring.
 
@@ -443,7 +492,11 @@ class Scorer:
                         for p, c in zip(problems, completions)])
     components = {name: np.asarray([g[0].get(name, 0.0) for g in graded], np.float32)
                   for name in ("correctness", "format", "brevity")}
-    components["self_consistency"] = majority_rewards([g[1] for g in graded], group_size)
+    answers = [g[1] for g in graded]
+    components["self_consistency"] = majority_rewards(answers, group_size)
+    components["answer_frequency"] = answer_frequencies(answers, group_size)
+    components["group_length"] = group_length_rewards(
+        [len(c) for c in completions], components["correctness"], group_size)
     rewards = sum(w * components[name] for name, w in self.weights.items())
     rewards = np.asarray(rewards, np.float32) * np.ones(len(completions), np.float32)
     failures = collections.Counter(g[2] for g in graded if g[2])

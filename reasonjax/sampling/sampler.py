@@ -59,6 +59,9 @@ class SamplingConfig:
     pad_token_id: written after the end of each row.
     share_prefix: the rows of a prompt read one copy of its KV cache (see the module docstring);
       False copies it for each row. Only used with num_samples > 1.
+    cutoff_fraction: decoding stops once this fraction of the rows has ended; the rows still
+      running end there with reason 'length' (an early cut-off of the long tail that a batch
+      otherwise waits for). 1.0: off.
   """
 
   max_new_tokens: int = 64
@@ -72,6 +75,7 @@ class SamplingConfig:
   stop_sequences: tuple[tuple[int, ...], ...] = ()
   pad_token_id: int = 0
   share_prefix: bool = True
+  cutoff_fraction: float = 1.0
 
   def __post_init__(self):
     # Lists (from configs or JSON) become tuples, so the config stays hashable.
@@ -87,6 +91,7 @@ class SamplingConfig:
         (0.0 <= self.min_p < 1.0, "min_p must be in [0, 1)"),
         (self.num_samples >= 1, "num_samples must be >= 1"),
         (all(len(s) > 0 for s in self.stop_sequences), "stop_sequences must not be empty"),
+        (0.0 < self.cutoff_fraction <= 1.0, "cutoff_fraction must be in (0, 1] (1 = off)"),
     ]
     for ok, message in checks:
       if not ok:
@@ -241,7 +246,10 @@ def _generate(params, prompt_tokens: Array, prompt_lengths: Array, rng: Array, *
   state = _record(state, last, rng, config)
 
   def cond(state: _DecodeState) -> Array:
-    return (state.step < steps) & ~jnp.all(state.done)
+    if config.cutoff_fraction == 1.0:
+      return (state.step < steps) & ~jnp.all(state.done)
+    ended = jnp.mean(state.done.astype(jnp.float32))
+    return (state.step < steps) & (ended < config.cutoff_fraction)
 
   def body(state: _DecodeState) -> _DecodeState:
     logits, cache = model.apply({"params": params}, state.token[:, None], cache=state.cache)

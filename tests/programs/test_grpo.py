@@ -14,7 +14,7 @@ import pytest
 
 from configs import grpo_arith
 from reasonjax import models
-from reasonjax.data import tokenizers
+from reasonjax.data import batching, tokenizers
 from reasonjax.data.tasks import get_task
 from reasonjax.metrics import read_jsonl
 from reasonjax.rewards import reward_model, scoring
@@ -131,6 +131,121 @@ def test_rollouts_split_iterations_and_resume_exactly(rewards):
       if not k.endswith(("seconds", "per_s")):  # timings differ between runs
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
   assert source.iteration == resumed.iteration == 2
+
+
+class _ParityScorer:
+  """Rewards 1.0 to every sample of an even-numbered problem (a group without variance) and
+  j mod 2 to sample j of an odd-numbered one."""
+
+  def __init__(self, problems):
+    self.index = {p.question: i for i, p in enumerate(problems)}
+
+  def __call__(self, problems, texts, *, group_size):
+    numbers = [self.index[p.question] for p in problems]
+    rewards = [1.0 if n % 2 == 0 else float(j % group_size % 2) for j, n in enumerate(numbers)]
+    return np.asarray(rewards, np.float32), {"reward/correctness": 0.0}
+
+
+def _controlled(guidance=0, samples=2, **controls):
+  config = grpo_arith.get_config("runlocal")
+  config.rollouts.update({"prompts": 4, "num_samples": samples, "max_new_tokens": 8})
+  config.update({"minibatches": 1, "epochs": 1})
+  config.data_controls.update(controls)
+  config.guidance.samples = guidance
+  grpo.check_config(config)
+  task = get_task("arithmetic", **config.task.knobs)
+  problems = task.generate(12, seed=0)
+  source = grpo.Rollouts(config, MODEL, task, tokenizers.load("synthetic"), problems,
+                         _ParityScorer(problems))
+  return source, problems
+
+
+def test_guidance_resamples_failed_groups_with_the_hint_under_the_plain_prompt():
+  """The parity scorer's rewards are at most 1: with below=1.5 every group has failed, so the
+  last 2 of each group's 4 samples are the hinted sampler's rows (its tokens and log-probs as
+  old_logp), the prompts stay plain, and the first 2 are the unguided run's."""
+  params = random_params(CFG, 0)
+  plain, problems = _controlled(samples=4)
+  guided, _ = _controlled(guidance=2, samples=4)
+  guided.guidance.below = 1.5
+  draws, _ = _controlled(samples=4)
+  indices = [int(i) for i in next(draws.prompts)["index"]]
+  a, b = plain.next_batch(params), guided.next_batch(params)
+  np.testing.assert_array_equal(a["prompt_inputs"], b["prompt_inputs"])
+  # The hinted samples, drawn as the rollouts draw them (the iteration's key folded with 7).
+  task, tok = guided.task, tokenizers.load("synthetic")
+  hints = [batching.prompt_example(tok, task.prompt(problems[i].hinted(guided.guidance.hint)),
+                                   0)["prompt"] for i in indices]
+  width = max(len(h) for h in hints)
+  hinted = jax.tree.map(np.asarray, sampler_lib.sample(
+      MODEL, params, np.stack([np.pad(h, (0, width - len(h))) for h in hints]),
+      np.asarray([len(h) for h in hints], np.int32),
+      jax.random.fold_in(jax.random.fold_in(jax.random.key(guided.seed + 3), 0), 7),
+      guided.sampling.replace(num_samples=2)))
+  tokens, logps = hinted.tokens.reshape(4, 2, -1), (hinted.logprobs * hinted.mask).reshape(4, 2, -1)
+  plain_prompts = [batching.prompt_example(tok, task.prompt(problems[i]), i)["prompt"]
+                   for i in indices]
+  for slot, row in enumerate(b["prompt_inputs"]):  # the minibatch's group order
+    group = [k for k, p in enumerate(plain_prompts)
+             if np.array_equal(row[:len(p)], p) and not row[len(p):].any()]
+    assert len(group) == 1
+    mine, old = (b[k].reshape(4, 4, -1)[slot] for k in ("completion_inputs", "old_logp"))
+    np.testing.assert_array_equal(mine[:2], a["completion_inputs"].reshape(4, 4, -1)[slot][:2])
+    np.testing.assert_array_equal(mine[2:], tokens[group[0]])
+    np.testing.assert_allclose(old[2:], logps[group[0]], rtol=1e-6)
+  assert b["rollout_guided_groups"][0] == 1.0 and "rollout_guided_groups" not in a
+
+
+@pytest.mark.parametrize("rounds", [1, 2, 3])
+def test_dynamic_sampling_keeps_informative_groups_and_resumes_exactly(rounds):
+  params = random_params(CFG, 0)
+  source, problems = _controlled(dynamic_sampling=True, max_sampling_rounds=rounds)
+  draws, _ = _controlled()  # the same prompt order, read without sampling
+  batch = source.next_batch(params)
+  # Brute force: draw prompt batches until 4 odd (informative) problems or `rounds` draws;
+  # keep the informative ones in draw order, then fill with the rest in draw order.
+  drawn = []
+  while len(drawn) < rounds and sum(i % 2 for d in drawn for i in d) < 4:
+    drawn.append([int(i) for i in next(draws.prompts)["index"]])
+  flat = [i for d in drawn for i in d]
+  expected = ([i for i in flat if i % 2] + [i for i in flat if not i % 2])[:4]
+  tok, width = tokenizers.load("synthetic"), batch["prompt_inputs"].shape[1]
+  task = get_task("arithmetic", **grpo_arith.get_config("runlocal").task.knobs)
+
+  def prompt(i):
+    ids = batching.prompt_example(tok, task.prompt(problems[i]), i)["prompt"]
+    return tuple(np.pad(ids, (0, width - len(ids))))
+
+  assert sorted(map(tuple, batch["prompt_inputs"])) == sorted(prompt(i) for i in expected)
+  assert batch["rollout_sampling_rounds"][0] == len(drawn)
+  informative = np.abs(batch["advantages"].reshape(4, 2)).sum(1) > 0
+  assert informative.sum() == sum(i % 2 for i in expected)
+  assert batch["rollout_zero_variance_groups"][0] == np.mean([i % 2 == 0 for i in expected])
+  state = json.loads(json.dumps(source.get_state()))
+  resumed, _ = _controlled(dynamic_sampling=True, max_sampling_rounds=rounds)
+  resumed.set_state(state)
+  a, b = source.next_batch(params), resumed.next_batch(params)
+  for k in a:
+    if not k.endswith(("seconds", "per_s")):
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_overlong_filter_and_soft_penalty():
+  """Truncated completions leave the loss; the reward is the scorer's plus the penalty of each
+  completion's length (4 cache tokens of 8)."""
+  params = random_params(CFG, 0)
+  plain, problems = _controlled()
+  filtered, _ = _controlled(overlong_filter=True, overlong_cache=4, overlong_weight=0.5)
+  a, b = plain.next_batch(params), filtered.next_batch(params)
+  np.testing.assert_array_equal(a["completion_inputs"], b["completion_inputs"])
+  lengths = a["loss_mask"].sum(1)
+  eos = tokenizers.load("synthetic").eos_id
+  truncated = (lengths == 8) & (a["completion_inputs"][:, 7] != eos)
+  assert truncated.any()
+  np.testing.assert_array_equal(b["loss_mask"], a["loss_mask"] * ~truncated[:, None])
+  penalty = np.clip((8 - 4 - lengths) / 4, -1, 0)
+  assert b["rollout_reward_mean"][0] == pytest.approx(
+      a["rollout_reward_mean"][0] + 0.5 * penalty.mean(), abs=1e-6)
 
 
 def test_rollouts_reject_uneven_minibatches():

@@ -59,6 +59,47 @@ def test_self_consistency_in_groups():
   np.testing.assert_array_equal(rewards, [1, 1, 0, 0, 1, 1])
 
 
+def test_answer_frequency_and_group_length_in_groups():
+  """EMPO's cluster frequency and Kimi k1.5's length reward, through the scorer, by hand:
+  answers 5, 5, 6, None; lengths 6, 13, 6, 2 chars; the first two right (answer 5)."""
+  problem = dataclasses.replace(PROBLEMS[0], answer="5")
+  texts = ["#### 5", "so.... #### 5", "#### 6", "no"]
+  scorer = scoring.Scorer(scoring.TaskVerifier(TASK), {"answer_frequency": 1.0}, num_workers=0)
+  rewards, _ = scorer([problem] * 4, texts, group_size=4)
+  np.testing.assert_allclose(rewards, [0.5, 0.5, 0.25, 0.0])
+  scorer = scoring.Scorer(scoring.TaskVerifier(TASK), {"group_length": 1.0}, num_workers=0)
+  rewards, _ = scorer([problem] * 4, texts, group_size=4)
+  lam = [0.5 - (n - 2) / (13 - 2) for n in (6, 13, 6, 2)]
+  np.testing.assert_allclose(rewards, [lam[0], lam[1], min(0, lam[2]), min(0, lam[3])],
+                             rtol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_group_rewards_against_loops(seed):
+  rng = np.random.default_rng(seed)
+  g, n = 4, 12
+  answers = [None if v == 0 else str(v) for v in rng.integers(0, 3, n)]
+  lengths = rng.integers(1, 4, n) * 10
+  correct = rng.integers(0, 2, n).astype(float)
+  freq = scoring.answer_frequencies(answers, g)
+  length = scoring.group_length_rewards(lengths, correct, g)
+  for start in range(0, n, g):
+    group = range(start, start + g)
+    low, high = min(lengths[i] for i in group), max(lengths[i] for i in group)
+    for i in group:
+      same = sum(answers[j] == answers[i] for j in group)
+      assert freq[i] == (0.0 if answers[i] is None else same / g)
+      lam = 0.0 if high == low else 0.5 - (lengths[i] - low) / (high - low)
+      assert length[i] == pytest.approx(lam if correct[i] else min(0.0, lam), abs=1e-6)
+
+
+def test_overlong_penalty_by_hand():
+  got = scoring.overlong_penalty([10, 12, 13, 16, 20], max_length=16, cache=4)
+  np.testing.assert_allclose(got, [0.0, 0.0, -0.25, -1.0, -1.0])
+  with pytest.raises(ValueError, match="cache=0: expected 0 < cache <= max_length=16"):
+    scoring.overlong_penalty([1], max_length=16, cache=0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Broken:
   """A verifier that raises on '#### 1', hangs on '#### 2', and is otherwise always right."""

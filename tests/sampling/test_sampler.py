@@ -158,6 +158,30 @@ def test_rows_finish_early_and_loop_exits(tiny):
   np.testing.assert_array_equal(np.asarray(out.mask)[:, :2], [[1, 0], [1, 0]])
 
 
+@pytest.mark.parametrize("fraction", [0.25, 0.5, 0.9])
+def test_cutoff_ends_the_long_tail_as_the_full_run_truncated(tiny, fraction):
+  """Decoding stops after the first step s at which `fraction` of the rows have ended (in the
+  run without a cut-off: lengths <= s); the rest are that run's rows cut at s, reason length."""
+  model, params = tiny
+  tokens, lengths = prompts(model.cfg.vocab_size, [5, 3, 8, 6])
+  config = Config(max_new_tokens=24, temperature=1.0, num_samples=4,
+                  eos_token_id=tuple(range(0, model.cfg.vocab_size, 9)))
+  full = jax.tree.map(np.asarray, sampling.sample(model, params, tokens, lengths,
+                                                  jax.random.key(3), config))
+  cut = jax.tree.map(np.asarray, sampling.sample(
+      model, params, tokens, lengths, jax.random.key(3), config.replace(cutoff_fraction=fraction)))
+  ended = [np.mean(full.lengths <= s) for s in range(1, 25)]
+  stop = next((s for s, e in zip(range(1, 25), ended) if e >= fraction), 24)
+  assert 1 < stop < 24 and len(set(full.lengths.tolist())) > 3  # the case is not degenerate
+  np.testing.assert_array_equal(cut.lengths, np.minimum(full.lengths, stop))
+  live = np.arange(24)[None] < cut.lengths[:, None]
+  np.testing.assert_array_equal(cut.tokens, np.where(live, full.tokens, config.pad_token_id))
+  np.testing.assert_allclose(cut.logprobs, np.where(live, full.logprobs, 0.0), rtol=1e-6)
+  running = full.lengths > stop
+  np.testing.assert_array_equal(cut.finish_reason,
+                                np.where(running, sampler.LENGTH, full.finish_reason))
+
+
 def test_continuations_end_at_step_delimiter(tiny):
   model, params = tiny
   prefixes, lengths = prompts(model.cfg.vocab_size, [7, 4])
@@ -245,6 +269,7 @@ def test_sharded_sampling_equals_single_device_copied(tiny, share_prefix):
 @pytest.mark.parametrize("changes, message", [
     ({"top_p": 0.0}, "top_p must be in"), ({"temperature": -1.0}, "temperature must be"),
     ({"num_samples": 0}, "num_samples"), ({"stop_sequences": ((),)}, "must not be empty"),
+    ({"cutoff_fraction": 0.0}, "cutoff_fraction must be in"),
 ])
 def test_bad_config_is_named(changes, message):
   with pytest.raises(ValueError, match=message):

@@ -30,6 +30,11 @@ class Problem:
   solution: str
   data: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
+  def hinted(self, hint: str) -> Problem:
+    """The problem with `hint` (its {answer} filled in) after the question: STaR's
+    rationalisation and Guide-GRPO's guidance."""
+    return dataclasses.replace(self, question=self.question + hint.format(answer=self.answer))
+
 
 @dataclasses.dataclass(frozen=True)
 class StepCheck:
