@@ -27,21 +27,25 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import (b_star_arith, dapo_arith, grpo_arith, guide_grpo_arith,  # noqa: E402
-                     rest_em_arith, sft_arith, star_arith, ttrl_arith)
+from configs import (b_star_arith, dapo_arith, dpo_arith, grpo_arith,  # noqa: E402
+                     guide_grpo_arith, rest_em_arith, sft_arith, star_arith, step_dpo_arith,
+                     ttrl_arith)
 from reasonjax import programs  # noqa: E402
 from reasonjax.metrics import read_jsonl  # noqa: E402
 from reasonjax.programs import stages  # noqa: E402
 
 TASKS = ("arithmetic", "countdown")
 # name -> (config module, its arg, kind): "expert" splits the steps over rounds, "grpo" takes a
-# step per iteration, "sft" trains on gold solutions.
+# step per iteration, "dpo" trains on pairs sampled (or grown as trees) once, "sft" on gold
+# solutions.
 METHODS = {
     "SFT on more data": (sft_arith, None, "sft"),
     "GRPO": (grpo_arith, None, "grpo"),
     "ReST-EM": (rest_em_arith, None, "expert"),
     "STaR": (star_arith, None, "expert"),
     "B-STaR": (b_star_arith, None, "expert"),
+    "DPO": (dpo_arith, None, "dpo"),
+    "Step-DPO": (step_dpo_arith, None, "dpo"),
     "DAPO": (dapo_arith, None, "grpo"),
     "DAPO + length reward": (dapo_arith, "efficiency", "grpo"),
     "Guide-GRPO": (guide_grpo_arith, None, "grpo"),
@@ -92,6 +96,13 @@ def method_config(name: str, task: str, start: str, seed: int, args):
     config.task.num_train = args.eval_problems if config.train_split == "test" else \
         args.problems
     evaluation(config.eval, args.eval_problems)
+  elif kind == "dpo":
+    config.update({"steps": steps, "checkpoint_every": steps, "eval_every": 0,
+                   "eval_at_start": False})
+    # A full step tree per problem costs num_samples ** max_depth leaves: fewer problems.
+    config.task.num_train = args.problems // 4 if config.pairs.source == "trees" else \
+        args.problems
+    evaluation(config.eval, args.eval_problems)
   else:  # more gold solutions than the start saw: fresh problems of the training split
     config.update({"steps": steps, "checkpoint_every": steps, "eval_every": 0})
     config.optimizer.update({"learning_rate": start_cfg.sft.optimizer.learning_rate / 10,
@@ -118,6 +129,11 @@ def outcome(name: str, workdir: str) -> dict:
     return {"accuracy": results["grpo_accuracy"], "start_accuracy": results["sft_accuracy"],
             "steps": results["steps"],
             "generated_tokens": int(sum(r["rollout_generated_tokens"] for r in rows))}
+  if kind == "dpo":  # the pairs' tokens: what sampling them generated at least
+    with open(os.path.join(workdir, "pairs.jsonl")) as f:
+      pairs = [json.loads(line) for line in f]
+    return {"accuracy": results["accuracy"], "start_accuracy": None, "steps": results["steps"],
+            "generated_tokens": None, "pairs": len(pairs)}
   return {"accuracy": results["accuracy"], "start_accuracy": None, "steps": results["steps"],
           "generated_tokens": 0}
 
@@ -176,8 +192,11 @@ def page(results: dict, command: str) -> str:
         else 0
     for name in dict.fromkeys(r["method"] for r in mine):
       runs = by(name)
-      tokens = statistics.fmean(r["generated_tokens"] for r in runs)
-      ratio = f"{tokens / grpo_tokens:.2f}" if grpo_tokens else ""
+      if any(r["generated_tokens"] is None for r in runs):  # DPO does not count its sampling
+        tokens, ratio = "not counted", ""
+      else:
+        count = statistics.fmean(r["generated_tokens"] for r in runs)
+        tokens, ratio = f"{count:.0f}", f"{count / grpo_tokens:.2f}" if grpo_tokens else ""
       if name in BASELINES:
         verdict = "(baseline)"
       else:
@@ -186,7 +205,7 @@ def page(results: dict, command: str) -> str:
                 for r in runs}
         verdict = "yes" if all(r["accuracy"] > best[r["seed"]] for r in runs) else "no"
       lines.append(f"| {name} | {_spread([r['accuracy'] for r in runs])} | "
-                   f"{_spread([r['steps'] for r in runs], 0)} | {tokens:.0f} | {ratio} | "
+                   f"{_spread([r['steps'] for r in runs], 0)} | {tokens} | {ratio} | "
                    f"{verdict} |")
     lines.append("")
   return "\n".join(lines)

@@ -16,6 +16,17 @@ import ml_collections
 from configs import common, sft_arith
 
 
+def pairs(section: ml_collections.ConfigDict, *, max_per_problem: int
+          ) -> ml_collections.ConfigDict:
+  """The pairs section: how the policy samples (`section`), pairs per problem at most, and
+  where pairs come from: "samples" (a right and a wrong solution of a problem) or "trees"
+  (Step-DPO: sibling steps of a step tree of num_samples children per node and max_depth
+  levels, whose values differ by margin or more; configs/step_dpo_arith.py)."""
+  section.update({"max_per_problem": max_per_problem, "source": "samples", "max_depth": 4,
+                  "max_step_tokens": 24, "margin": 0.5})
+  return section
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = common.parse_arg(arg, runlocal=False)
   config = ml_collections.ConfigDict()
@@ -23,8 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.name = "dpo"
   common.post_training(config, sft_arith.nested(arg.runlocal))
   config.task.num_train = 2000  # Problems to sample pairs on.
-  config.pairs = common.rollouts(num_samples=8)
-  config.pairs.max_per_problem = 2
+  config.pairs = pairs(common.rollouts(num_samples=8), max_per_problem=2)
   config.loss = "dpo"
   # One entry per loss of losses.preference.LOSSES (formulas and papers in its docstrings);
   # `average_tokens` is the trainer's: it feeds the loss per-token mean log-probs instead of sums.
@@ -68,8 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = common.evaluation()
   if arg.runlocal:
     config.task.num_train = 128
-    config.pairs = common.rollouts(num_samples=8, max_new_tokens=48)
-    config.pairs.max_per_problem = 1
+    config.pairs = pairs(common.rollouts(num_samples=8, max_new_tokens=48), max_per_problem=1)
     common.loop(config, steps=20, batch_size=8, seq_len=96, learning_rate=1e-4,
                 warmup_steps=2, log_every=2, checkpoint_every=10)
     config.eval = common.evaluation(num_problems=32, max_new_tokens=48, num_samples=0)

@@ -28,8 +28,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # A reward_model run's export (workdir/hf) and the granularity it was trained at; an empty
   # path scores with the task's checker.
   config.results_page = ""  # e.g. docs/results/search_arith.md: the table, with its command
+  # granularity "implicit" scores with a policy's log-probabilities instead (Self-PRM,
+  # configs/self_prm_arith.py): `path` that policy ("": the searching one), `reference` the
+  # policy of the implicit reward's log-ratio ("": the policy's own confidence), `beta` its scale.
   config.reward_model = ml_collections.ConfigDict({"path": "", "granularity": "prm",
-                                                   "batch_size": 64})
+                                                   "batch_size": 64, "reference": "",
+                                                   "beta": 1.0})
   config.search = ml_collections.ConfigDict({
       # Names in reasonjax.search.METHODS, run in this order.
       "methods": ("best_of_n", "majority_vote", "weighted_vote", "step_greedy", "beam", "mcts"),
@@ -43,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "max_steps": 6,
       "max_new_tokens": 96,
       "batch_size": 32,  # prompts or prefixes per sampler call
+      # budget_forcing: appended where an answer line is cut (configs/budget_forcing_arith.py).
+      "wait": "Wait,",
       # Step-level MCTS (search.methods.mcts): n * simulations_per_n simulations per problem;
       # each expansion gives a leaf num_children candidate steps (each one simulation), and
       # simulations_per_round leaves per tree share a sampler call.

@@ -142,6 +142,7 @@ def test_grpo_arith_runlocal_trains_on_its_own_samples(sft_workdir, tmp_path):
   assert results["grpo_accuracy"] == final["eval/accuracy"] and final["step"] == 8
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, arg", [("dapo_arith", "runlocal,efficiency"),
                                        ("ttrl_arith", "runlocal,empo")])
 def test_grpo_recipes_runlocal(name, arg, sft_workdir, tmp_path):
@@ -176,6 +177,7 @@ def test_grpo_recipes_runlocal(name, arg, sft_workdir, tmp_path):
     assert r["rollout_guided_groups"] <= 1.0 - r["rollout_reward_correctness"] + 1e-6
 
 
+@pytest.mark.slow
 def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_path):
   page = os.path.join(tmp_path, "page.md")
   _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf",

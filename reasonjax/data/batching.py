@@ -30,25 +30,29 @@ import numpy as np
 Example = dict[str, np.ndarray]
 
 
-def sft_example(tokenizer, prompt: str, completion: str) -> Example:
-  """Loss on the completion (and EOS) only.
+def sft_example(tokenizer, prompt: str, completion: str, *, eos: bool = True) -> Example:
+  """Loss on the completion (and EOS) only; `eos=False` for a completion that does not end the
+  text (one step of a solution).
 
   Returns inputs, targets int32 [L-1] and loss_mask float32 [L-1] (1 where the target is a
   completion token), L = len(bos + prompt + completion + eos).
   """
   prompt_ids = tokenizer.encode(prompt, add_bos=True)
-  completion_ids = tokenizer.encode(completion, add_eos=True)
+  completion_ids = tokenizer.encode(completion, add_eos=eos)
   seq = np.asarray(prompt_ids + completion_ids, np.int32)
   is_completion = np.r_[np.zeros(len(prompt_ids)), np.ones(len(completion_ids))]
   return {"inputs": seq[:-1], "targets": seq[1:],
           "loss_mask": is_completion[1:].astype(np.float32)}
 
 
-def preference_example(tokenizer, prompt: str, chosen: str, rejected: str) -> Example:
-  """A pair sharing its prompt: `chosen_*` and `rejected_*` fields as in `sft_example`."""
+def preference_example(tokenizer, prompt: str, chosen: str, rejected: str, *,
+                       eos: bool = True) -> Example:
+  """A pair sharing its prompt: `chosen_*` and `rejected_*` fields as in `sft_example` (`eos`:
+  both completions end the text)."""
   out = {}
   for name, completion in (("chosen", chosen), ("rejected", rejected)):
-    out |= {f"{name}_{k}": v for k, v in sft_example(tokenizer, prompt, completion).items()}
+    out |= {f"{name}_{k}": v
+            for k, v in sft_example(tokenizer, prompt, completion, eos=eos).items()}
   return out
 
 

@@ -1,11 +1,16 @@
-"""Preference optimisation (the DPO family) on pairs of the policy's own samples.
+"""Preference optimisation (the DPO family) on pairs of the policy's own samples or steps.
 
     python -m reasonjax.main --config=configs/dpo_arith.py --workdir=runs/dpo
+    python -m reasonjax.main --config=configs/step_dpo_arith.py --workdir=runs/step_dpo
 
 The policy (an SFT run's export, `config.init_from`, or trained first by the nested `config.sft`)
 samples `pairs.num_samples` solutions per training problem; a correct and an incorrect solution
-of the same problem make a pair (chosen, rejected). The pairs are written to
-`workdir/pairs.jsonl` once, so a resumed run trains on the same data. The frozen reference is
+of the same problem make a pair (chosen, rejected). With `pairs.source="trees"` (Step-DPO,
+Step-APO) the pairs are steps instead: the policy grows a full step tree per problem
+(`search.tree_data.grow`), each node is valued by the fraction of right leaves below it, and
+at a node whose children's values differ by at least `pairs.margin` the best and the worst
+child make a pair, the path to the node being part of the prompt (`step_pairs`). The pairs are
+written to `workdir/pairs.jsonl` once, so a resumed run trains on the same data. The frozen reference is
 the starting policy. Any loss in `losses.preference.LOSSES` (inputs: sequence log-probs,
 lengths, the chosen NLL) can be named in `config.loss`, with its hyperparameters in
 `config.loss_kwargs[loss]`.
@@ -33,10 +38,14 @@ from reasonjax import models
 from reasonjax.data import batching
 from reasonjax.losses import preference, tokens
 from reasonjax.programs import stages
+from reasonjax.search import tree_data
+from reasonjax.search.policy import StepPolicy
 from reasonjax.training import experiment, loop
 
 # The arguments a preference loss may take, all [B], computed in `preference_loss`.
 INPUTS = ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l", "len_w", "len_l", "nll_w")
+# Where pairs come from: whole samples of a problem, or sibling steps of a step tree.
+PAIR_SOURCES = ("samples", "trees")
 # A `loss_kwargs[loss]` entry the trainer reads instead of passing it to the loss.
 AVERAGE_TOKENS = "average_tokens"
 
@@ -108,6 +117,54 @@ def make_pairs(samples: list[list[str]], correct: list[list[bool]], max_pairs: i
   return out
 
 
+def step_pairs(tree: tree_data.StepTree, values: np.ndarray, *, margin: float,
+               max_pairs: int) -> list[tuple[int, int, int]]:
+  """(node, chosen child, rejected child) of a step tree: at each node with two or more
+  children, its highest- and lowest-valued children (the first of equals) when their values
+  differ by at least `margin` (values: e.g. `tree_data.mc_scores`, a Q-value estimate); the
+  `max_pairs` largest differences, ties by node id."""
+  children: dict[int, list[int]] = {}
+  for child in range(1, tree.num_nodes):
+    children.setdefault(tree.parent[child], []).append(child)
+  found = []
+  for node, kids in children.items():
+    if len(kids) < 2:
+      continue
+    best = max(kids, key=lambda c: values[c])
+    worst = min(kids, key=lambda c: values[c])
+    if values[best] - values[worst] >= margin:
+      found.append((values[worst] - values[best], node, best, worst))
+  return [(node, best, worst) for _, node, best, worst in sorted(found)[:max_pairs]]
+
+
+def _tree_pairs(config, model, params, task, tokenizer, problems) -> list[dict]:
+  """Step pairs (`step_pairs`) from a full step tree of each problem."""
+  section = config.pairs
+  policy = StepPolicy(model, params, tokenizer, task, temperature=section.temperature,
+                      top_p=section.top_p, max_step_tokens=section.max_step_tokens,
+                      max_steps=section.max_depth, batch_size=section.batch_size)
+  trees = tree_data.grow(policy, problems, jax.random.key(config.seed + 2),
+                         num_children=section.num_samples, max_depth=section.max_depth,
+                         progress="growing step trees")
+  delimiter = tokenizer.step_delimiter
+  out = []
+  for problem, tree in zip(problems, trees):
+    for node, best, worst in step_pairs(tree, tree_data.mc_scores(tree), margin=section.margin,
+                                        max_pairs=section.max_per_problem):
+      path, i = [], node
+      while i > 0:
+        path.append(tree.steps[i])
+        i = tree.parent[i]
+      final = [bool(tree.kind[c]) and tree.kind[c] != "depth" for c in (best, worst)]
+      # A step that ends the solution ends the text; a pair shares one setting, so only a pair
+      # of two endings keeps the EOS.
+      ends = all(final)
+      text = lambda c: tree.steps[c] + ("" if ends else delimiter)  # noqa: E731
+      out.append({"prompt": task.prompt(problem) + "".join(s + delimiter for s in path[::-1]),
+                  "chosen": text(best), "rejected": text(worst), "eos": ends})
+  return out
+
+
 def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, str]]:
   """The training pairs, sampled once and kept in workdir/pairs.jsonl."""
   path = os.path.join(workdir, "pairs.jsonl")
@@ -115,18 +172,29 @@ def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, st
     with open(path) as f:
       return [json.loads(line) for line in f]
   problems = task.generate(config.task.num_train, seed=config.seed, split="train")
-  samples = experiment.rollouts(config.pairs, model, params, task, tokenizer, problems,
-                                jax.random.key(config.seed + 2), progress="sampling pairs")
-  correct = [[task.check_answer(p, t) for t in texts] for p, texts in zip(problems, samples)]
-  pairs = [{"prompt": task.prompt(p), "chosen": c, "rejected": r}
-           for p, found in zip(problems, make_pairs(samples, correct, config.pairs.max_per_problem))
-           for c, r in found]
-  rate = float(np.mean([c for ok in correct for c in ok]))
-  logging.info("%d pairs from %d problems (sample accuracy %.3f)", len(pairs), len(problems), rate)
-  if not pairs:
-    raise ValueError(f"no preference pairs: the policy's {config.pairs.num_samples} samples per "
-                     f"problem were all correct or all wrong (sample accuracy {rate:.3f}); "
-                     "raise pairs.num_samples or pairs.temperature, or start from another policy")
+  if config.pairs.source == "trees":
+    pairs = _tree_pairs(config, model, params, task, tokenizer, problems)
+    logging.info("%d step pairs from %d problems", len(pairs), len(problems))
+    if not pairs:
+      raise ValueError(f"no step pairs: no node of the {len(problems)} trees has children "
+                       f"whose values differ by pairs.margin={config.pairs.margin} or more; "
+                       "lower it, raise pairs.num_samples, or start from another policy")
+  else:
+    samples = experiment.rollouts(config.pairs, model, params, task, tokenizer, problems,
+                                  jax.random.key(config.seed + 2), progress="sampling pairs")
+    correct = [[task.check_answer(p, t) for t in texts] for p, texts in zip(problems, samples)]
+    pairs = [{"prompt": task.prompt(p), "chosen": c, "rejected": r}
+             for p, found in zip(problems, make_pairs(samples, correct,
+                                                      config.pairs.max_per_problem))
+             for c, r in found]
+    rate = float(np.mean([c for ok in correct for c in ok]))
+    logging.info("%d pairs from %d problems (sample accuracy %.3f)", len(pairs), len(problems),
+                 rate)
+    if not pairs:
+      raise ValueError(f"no preference pairs: the policy's {config.pairs.num_samples} samples "
+                       f"per problem were all correct or all wrong (sample accuracy {rate:.3f}); "
+                       "raise pairs.num_samples or pairs.temperature, or start from another "
+                       "policy")
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.writelines(json.dumps(pair) + "\n" for pair in pairs)
@@ -138,6 +206,9 @@ def check_config(config) -> None:
   """Raises ValueError for a missing policy to start from, a loss the trainer cannot run, one
   without its `loss_kwargs` entry, or a bad `average_tokens`."""
   stages.check_policy_source(config)
+  if config.pairs.source not in PAIR_SOURCES:
+    raise ValueError(f"config.pairs.source={config.pairs.source!r}; expected one of "
+                     f"{PAIR_SOURCES}")
   names = loss_inputs(config.loss)
   if config.loss not in config.loss_kwargs:
     raise ValueError(f"config.loss={config.loss!r} has no config.loss_kwargs entry; "
@@ -166,8 +237,8 @@ def run(config, workdir: str) -> dict:
   path, cfg, params = stages.load_policy(config, workdir)
   model = models.Model(cfg)
   pairs = _pairs(config, workdir, model, params, task, tokenizer)
-  examples = [batching.preference_example(tokenizer, p["prompt"], p["chosen"], p["rejected"])
-              for p in pairs]
+  examples = [batching.preference_example(tokenizer, p["prompt"], p["chosen"], p["rejected"],
+                                          eos=p.get("eos", True)) for p in pairs]
   batches = batching.batches(
       examples, batch_size=config.batch_size // jax.process_count(), seq_len=config.seq_len,
       seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count())

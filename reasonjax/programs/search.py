@@ -33,6 +33,10 @@ RESULTS = "search.json"
 TABLE = "search.md"
 
 
+# The reward_model granularity that scores with a policy's own log-probabilities.
+IMPLICIT = "implicit"
+
+
 def check_config(config) -> None:
   """Raises ValueError naming the field: unknown methods or aggregation, bad budgets, a missing
   reward model folder, MCTS fields out of range."""
@@ -49,9 +53,14 @@ def check_config(config) -> None:
   if path and not os.path.isfile(os.path.join(path, "config.json")):
     raise ValueError(f"config.reward_model.path={path!r}: no config.json there; expected a "
                      "reward_model run's export (workdir/hf)")
-  if config.reward_model.granularity not in scorers.GRANULARITIES:
+  valid = scorers.GRANULARITIES + (IMPLICIT,)
+  if config.reward_model.granularity not in valid:
     raise ValueError(f"config.reward_model.granularity={config.reward_model.granularity!r}; "
-                     f"expected one of {scorers.GRANULARITIES}")
+                     f"expected one of {valid}")
+  reference = config.reward_model.reference
+  if reference and not os.path.isfile(os.path.join(reference, "config.json")):
+    raise ValueError(f"config.reward_model.reference={reference!r}: no config.json there; "
+                     "expected a policy (a Hugging Face folder), or '' for none")
   if "mcts" in search.methods:
     from reasonjax.search import language
     language.check_settings(dict(search.mcts))
@@ -82,7 +91,13 @@ def run(config, workdir: str) -> dict:
                       top_p=s.top_p, max_step_tokens=s.max_step_tokens, max_steps=s.max_steps,
                       max_new_tokens=s.max_new_tokens, batch_size=s.batch_size)
   rm = config.reward_model
-  if rm.path:
+  if rm.granularity == IMPLICIT:  # Self-PRM: a policy (by default the searching one) judges
+    scorer = scorers.ImplicitScorer.load(rm.path or path, task, tokenizer,
+                                         reference=rm.reference, beta=rm.beta,
+                                         batch_size=rm.batch_size)
+    scorer_name = (f"implicit PRM of {rm.path or path}"
+                   + (f" against {rm.reference}" if rm.reference else " (its own confidence)"))
+  elif rm.path:
     scorer = scorers.RewardModelScorer.load(rm.path, task, tokenizer,
                                             granularity=rm.granularity, batch_size=rm.batch_size)
     scorer_name = f"{rm.granularity} reward model ({rm.path})"
@@ -93,7 +108,7 @@ def run(config, workdir: str) -> dict:
   search = methods_lib.Search(policy, scorer, problems,
                               distributed.process_rng(jax.random.key(config.seed + 5)),
                               aggregation=s.aggregation, beam_width=s.beam_width,
-                              mcts=dict(s.mcts))
+                              mcts=dict(s.mcts), wait=s.wait)
   out_path = os.path.join(workdir, RESULTS)
   rows, settings = [], _settings(config, path)
   if os.path.exists(out_path):

@@ -17,6 +17,9 @@ returns each problem's chosen solution with the tokens it generated for it:
                  by aggregated path score survive; finished beams leave the beam.
   mcts           step-level MCTS (`search.mcts`, `search.language.LanguageEnv`): n times
                  `simulations_per_n` simulations per problem.
+  budget_forcing one solution whose answer is held back n - 1 times: each time the model
+                 writes its answer line, the line is cut and `wait` appended, and it goes on
+                 (s1's budget forcing, "Wait" injection); no scorer.
 
 The three whole-solution methods share one `SolutionPool`: its samples are drawn in blocks of
 1, 1, 2, 4, ... solutions, so that the first n of a problem are the same whatever larger n is
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from reasonjax.data.tasks import Problem, parse_answer
+from reasonjax.data.tasks import ANSWER_PREFIX, Problem, parse_answer
 from reasonjax.sampling import encode_prompts
 from reasonjax.search import language, mcts as mcts_lib, scorers as scorers_lib, tree as tree_lib
 from reasonjax.search.policy import (StepPolicy, complete, expand, sample_solutions,
@@ -117,6 +120,7 @@ class Search:
   beam_width: int = 4
   mcts: dict[str, Any] = dataclasses.field(default_factory=dict)
   pool: SolutionPool | None = None
+  wait: str = "Wait,"
 
   def __post_init__(self):
     scorers_lib.check_aggregation(self.aggregation)
@@ -304,6 +308,49 @@ def mcts(search: Search, n: int) -> Result:
                  "tree": tree})
 
 
+def budget_forcing(search: Search, n: int) -> Result:
+  """Test-time scaling in the sampler (Muennighoff et al. 2025, "s1: Simple test-time
+  scaling"): each problem's solution is sampled to its end; while it has been extended fewer
+  than n - 1 times, its answer line is cut off, `search.wait` appended, and sampling goes on
+  from the prompt and that text. A solution that ends without an answer line (its budget,
+  `max_new_tokens` per extension, ran out) is made to answer: the answer prefix is appended
+  and completed. n = 1 is one ordinary sample. tokens: every token generated, the cut answers
+  included; info["waits"]: the extensions of each problem."""
+  policy, tok = search.policy, search.policy.tokenizer
+  start = time.perf_counter()
+  rng = jax.random.fold_in(search.rng, 5)
+  count = len(search.problems)
+  texts, tokens, waits = [""] * count, np.zeros(count, np.int64), np.zeros(count, np.int64)
+
+  def prefix(i: int, extra: str = "") -> np.ndarray:
+    ids = tok.encode(texts[i] + extra) if texts[i] + extra else []
+    return np.concatenate([policy.prompt_ids(search.problems[i]), np.asarray(ids, np.int32)])
+
+  active = list(range(count))
+  for extension in range(n):
+    rows = complete(policy, [prefix(i) for i in active], jax.random.fold_in(rng, extension))
+    going = []
+    for i, (text, generated) in zip(active, rows):
+      texts[i] += text
+      tokens[i] += generated
+      cut = texts[i].rfind(ANSWER_PREFIX)
+      if extension < n - 1 and cut >= 0:
+        texts[i] = texts[i][:cut] + search.wait
+        waits[i] += 1
+        going.append(i)
+    active = going
+  # Forced to answer: the prompt, its text and the answer prefix, completed.
+  mute = [i for i in range(count) if ANSWER_PREFIX not in texts[i]]
+  cues = [("" if texts[i].endswith("\n") else "\n") + ANSWER_PREFIX for i in mute]
+  forced = complete(policy, [prefix(i, cue) for i, cue in zip(mute, cues)],
+                    jax.random.fold_in(rng, n))
+  for i, cue, (text, generated) in zip(mute, cues, forced):
+    texts[i] += cue + text
+    tokens[i] += generated
+  return Result(texts, tokens, time.perf_counter() - start,
+                {"waits": waits.tolist(), "forced": mute})
+
+
 METHODS: dict[str, Callable[[Search, int], Result]] = {
     "best_of_n": best_of_n,
     "majority_vote": majority_vote,
@@ -311,6 +358,7 @@ METHODS: dict[str, Callable[[Search, int], Result]] = {
     "step_greedy": step_greedy,
     "beam": beam,
     "mcts": mcts,
+    "budget_forcing": budget_forcing,
 }
 
 

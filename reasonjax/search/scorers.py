@@ -1,7 +1,9 @@
-"""Step scorers for search: the task's own step checker (an oracle) or a trained reward model.
+"""Step scorers for search: the task's own step checker (an oracle), a trained reward model, or
+the policy itself (Self-PRM, `ImplicitScorer`).
 
     scorer = OracleScorer(task)                                   # 1.0 / 0.0 per step
     scorer = RewardModelScorer.load("runs/prm/hf", task, tokenizer, granularity="prm")
+    scorer = ImplicitScorer.load("runs/grpo/hf", task, tokenizer, reference="runs/sft/hf")
     scores = scorer(problems, solutions)     # solutions[i]: the steps of one solution
     value = aggregate(scores[i], "min")      # a solution's score
 
@@ -22,6 +24,7 @@ import numpy as np
 from reasonjax import models, sharding
 from reasonjax.data import batching
 from reasonjax.data.tasks import Problem, Task
+from reasonjax.losses.tokens import token_logprobs
 from reasonjax.sampling import bucket_length
 from reasonjax.search.policy import is_answer
 
@@ -153,3 +156,68 @@ class RewardModelScorer:
           scores.append(next(reasoning))
       out.append(np.asarray(scores))
     return out
+
+
+class ImplicitScorer:
+  """A policy (a `Model` with an LM head) as its own process reward model. With a reference
+  policy, the implicit process reward of Yuan et al. 2024 ("Free Process Rewards without
+  Process Labels"): step k scores sigmoid(beta * sum over the tokens up to the end of step k
+  of log pi(y_t) - log pi_ref(y_t)), e.g. an RL-trained policy against its SFT start (Feng et
+  al. 2025 find RL training makes the policy a process judge of its own steps). Without one,
+  the policy's confidence in each step: exp of its mean token log-probability. Steps are
+  rendered as `batching.prm_example` renders them (each followed by the step delimiter), the
+  answer line a step like the others."""
+
+  name = "implicit"
+
+  def __init__(self, model: models.Model, params, task: Task, tokenizer, *, reference=None,
+               beta: float = 1.0, batch_size: int = 32):
+    if beta <= 0:
+      raise ValueError(f"ImplicitScorer: beta must be > 0, got {beta}")
+    self.params, self.reference, self.task, self.tokenizer = params, reference, task, tokenizer
+    self.beta, self.batch_size = beta, batch_size
+    self._logp = jax.jit(lambda p, x: token_logprobs(
+        model.apply({"params": p}, x)[:, :-1], x[:, 1:]))
+
+  @classmethod
+  def load(cls, folder: str, task: Task, tokenizer, *, reference: str = "",
+           **kwargs) -> ImplicitScorer:
+    """The policy exported at `folder` (and the reference policy at `reference`, if any)."""
+    cfg, params = models.load({"hf_path": folder}, jax.random.key(0))
+    ref = models.load({"hf_path": reference}, jax.random.key(0))[1] if reference else None
+    return cls(models.Model(cfg), params, task, tokenizer, reference=ref, **kwargs)
+
+  def _step_logprobs(self, params, examples, starts) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per example: (sum of the step's token log-probs, its token count) for each step."""
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["inputs"]))
+    out: list = [None] * len(examples)
+    for first in range(0, len(order), self.batch_size):
+      chunk = order[first:first + self.batch_size]
+      width = bucket_length(max(len(examples[i]["inputs"]) for i in chunk))
+      inputs = np.zeros((self.batch_size, width), np.int32)
+      for row, i in enumerate(chunk):
+        inputs[row, :len(examples[i]["inputs"])] = examples[i]["inputs"]
+      logp = np.asarray(sharding.to_host(self._logp(params, sharding.inputs_like(inputs,
+                                                                                  params))))
+      for row, i in enumerate(chunk):
+        # logp[row, t - 1] is the log-probability of token t; a step ends at each step_mask.
+        ends = np.flatnonzero(examples[i]["step_mask"])
+        bounds = np.concatenate([[starts[i] - 1], ends])
+        cum = np.concatenate([[0.0], np.cumsum(logp[row].astype(np.float64))])
+        out[i] = (cum[bounds[1:]] - cum[bounds[:-1]], np.diff(bounds))
+    return out
+
+  def __call__(self, problems: Sequence[Problem], solutions: Sequence[Sequence[str]]
+               ) -> list[np.ndarray]:
+    if not solutions:
+      return []
+    prompts = [self.task.prompt(p) for p in problems]
+    examples = [batching.prm_example(self.tokenizer, prompt, list(steps), [0.0] * len(steps))
+                for prompt, steps in zip(prompts, solutions, strict=True)]
+    starts = [len(self.tokenizer.encode(prompt, add_bos=True)) for prompt in prompts]
+    policy = self._step_logprobs(self.params, examples, starts)
+    if self.reference is None:
+      return [np.exp(sums / np.maximum(counts, 1)) for sums, counts in policy]
+    reference = self._step_logprobs(self.reference, examples, starts)
+    return [1.0 / (1.0 + np.exp(-self.beta * np.cumsum(mine - ref)))
+            for (mine, _), (ref, _) in zip(policy, reference)]

@@ -63,6 +63,7 @@ def test_the_environment_drops_the_forced_device_count():
                  "JAX_NUM_CPU_DEVICES": "4"}
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one_and_their_checkpoint_restores_in_one(tmp_path):
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
   proc = _launch(SFT, two)
@@ -120,6 +121,7 @@ def test_a_sigterm_to_one_process_checkpoints_and_stops_them_all(tmp_path):
   assert len(saved) == 1 and 0 < saved[0] < 400
 
 
+@pytest.mark.slow
 def test_two_processes_run_grpo_like_one(sft_workdir, tmp_path):
   # Two iterations of runlocal's GRPO (two minibatches each: each process trains on its half
   # of every minibatch's groups) from the shared SFT export, with the start and end evaluation.
@@ -196,6 +198,7 @@ def test_search_splits_its_problems_over_the_processes(sft_workdir, tmp_path):
     assert a["tokens_per_problem"] == pytest.approx(b["tokens_per_problem"])
 
 
+@pytest.mark.slow
 def test_the_hrm_program_shares_its_stages_over_two_processes(sft_workdir, tmp_path):
   # runlocal's HRM with fewer reward models and runs, on 5 problems per stage: the processes'
   # shares are unequal (3 and 2).

@@ -304,3 +304,88 @@ def test_mixture_by_name_feeds_each_component(batch, out):
   np.testing.assert_allclose(float(value), per_pair.mean(), rtol=1e-4)
   np.testing.assert_allclose(float(metrics["reward_margin"]), BETA * (r_w - r_l).mean(),
                              rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- step pairs
+
+
+def _brute_step_pairs(tree, values, margin, max_pairs):
+  found = []
+  for node in range(tree.num_nodes):
+    kids = [c for c in range(tree.num_nodes) if tree.parent[c] == node]
+    if len(kids) < 2:
+      continue
+    best = [c for c in kids if values[c] == max(values[k] for k in kids)][0]
+    worst = [c for c in kids if values[c] == min(values[k] for k in kids)][0]
+    if values[best] - values[worst] >= margin:
+      found.append((-(values[best] - values[worst]), node, best, worst))
+  found.sort()
+  return [f[1:] for f in found[:max_pairs]]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_step_pairs_against_brute_force(seed):
+  from tests.search.test_tree_data import make_tree
+  rng = np.random.default_rng(seed)
+  nodes, queue = [], [0]
+  while queue and len(nodes) < 30:  # breadth first: a node's children after all earlier ones
+    parent = queue.pop(0)
+    for _ in range(int(rng.integers(2 if parent == 0 else 0, 4))):
+      nodes.append((parent, f"s{len(nodes) + 1}", "", False))
+      queue.append(len(nodes))
+  inner = {p for p, *_ in nodes}
+  tree = make_tree([(p, step, "" if i + 1 in inner else "answer", False)
+                    for i, (p, step, _, _) in enumerate(nodes)])
+  values = rng.integers(0, 4, tree.num_nodes) / 4  # ties and equal siblings
+  assert dpo.step_pairs(tree, values, margin=0.0, max_pairs=100)  # the root has two children
+  for margin, max_pairs in ((0.0, 100), (0.5, 100), (0.25, 3)):
+    assert dpo.step_pairs(tree, values, margin=margin, max_pairs=max_pairs) == \
+        _brute_step_pairs(tree, values, margin, max_pairs)
+
+
+def test_tree_pairs_render_the_path_in_the_prompt(monkeypatch):
+  """Root -> a (two children: a right answer and a wrong one) and b (a dead end): the pairs
+  are (a: the right answer over the wrong; values 1 and 0), with the path in the prompt and
+  both endings keeping the EOS, then (root: a over b; values 1/2 and 0), without the EOS."""
+  from tests.search.test_tree_data import make_tree
+  task = get_task("arithmetic")
+  problem = task.generate(1, seed=0)[0]
+  tree = make_tree([(0, "1 + 2 = 3", "", False), (0, "1 + 2 = 4", "failed", False),
+                    (1, "#### 3", "answer", True), (1, "#### 5", "answer", False)])
+  monkeypatch.setattr(dpo.tree_data, "grow", lambda *args, **kwargs: [tree])
+  config = dpo_arith.get_config("runlocal")
+  config.pairs.update({"source": "trees", "margin": 0.5, "max_per_problem": 4})
+  tok = tokenizers.load("synthetic")
+  pairs = dpo._tree_pairs(config, None, None, task, tok, [problem])
+  delimiter = tok.step_delimiter
+  assert pairs == [
+      {"prompt": task.prompt(problem) + "1 + 2 = 3" + delimiter, "chosen": "#### 3",
+       "rejected": "#### 5", "eos": True},
+      {"prompt": task.prompt(problem), "chosen": "1 + 2 = 3" + delimiter,
+       "rejected": "1 + 2 = 4" + delimiter, "eos": False}]
+  example = batching.preference_example(tok, pairs[1]["prompt"], pairs[1]["chosen"],
+                                        pairs[1]["rejected"], eos=False)
+  assert tok.eos_id not in example["chosen_targets"][example["chosen_loss_mask"] > 0]
+
+
+@pytest.mark.slow
+def test_step_dpo_runlocal_trains_on_step_pairs(sft_workdir, tmp_path):
+  """From the shared SFT start: step trees, pairs of sibling steps (the prompts extend the
+  task's prompt by the path), and a few DPO steps on them."""
+  import json
+  import os
+  from tests.conftest import run_main
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = run_main("--config=configs/step_dpo_arith.py:runlocal",
+                 f"--config.init_from={sft_workdir}/hf", "--config.steps=4",
+                 "--config.checkpoint_every=4", workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "pairs.jsonl") as f:
+    pairs = [json.loads(line) for line in f]
+  task = get_task("arithmetic", **dpo_arith.get_config("runlocal").task.knobs)
+  prompts = {task.prompt(p) for p in task.generate(16, seed=0, split="train")}
+  assert pairs and all(any(p["prompt"].startswith(q) for q in prompts) for p in pairs)
+  assert all(p["chosen"] != p["rejected"] for p in pairs)
+  assert any(p["prompt"] not in prompts for p in pairs)  # some pairs are past the first step
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["pairs"] == len(pairs)

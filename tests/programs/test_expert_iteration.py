@@ -112,6 +112,7 @@ def _check_round(directory, problems, task, *, cap: int, rationalize: bool, samp
   return data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rest_em_arith", "star_arith"])
 def test_runlocal_rounds_keep_only_verified_solutions_and_resume(name, sft_workdir, tmp_path):
   module = {"rest_em_arith": rest_em_arith, "star_arith": star_arith}[name]
@@ -151,6 +152,7 @@ def test_runlocal_rounds_keep_only_verified_solutions_and_resume(name, sft_workd
   assert [open(p).read() if os.path.exists(p) else None for p in logs] == before
 
 
+@pytest.mark.slow
 def test_b_star_runlocal_picks_the_best_balanced_setting_each_round(sft_workdir, tmp_path):
   """B-STaR from the SFT policy, selecting by a random reward model's score on top of the
   answer check: each round's temperature and threshold are the first best of its probe grid,

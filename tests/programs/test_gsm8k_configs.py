@@ -70,6 +70,7 @@ def test_grpo_gsm8k_runlocal_trains_from_the_checkpoint(gsm8k_checkpoint, tmp_pa
   assert not os.path.exists(os.path.join(tmp_path, "sft"))  # no nested SFT run
 
 
+@pytest.mark.slow
 def test_hrm_gsm8k_runlocal_runs_every_stage_from_the_checkpoint(gsm8k_checkpoint, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   result = run_main(

@@ -185,6 +185,7 @@ def test_claims_follow_the_stated_rule():
   assert all(v.endswith("(one seed)") for _, v, _ in hrm_report.claims(_summary(one, (0,))))
 
 
+@pytest.mark.slow
 def test_hrm_arith_runlocal_writes_every_table_and_resumes(sft_workdir, tmp_path):
   page = os.path.join(tmp_path, "page", "hrm.md")
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}

@@ -215,3 +215,29 @@ def test_methods_with_a_real_policy(sft_workdir):
   for problem, text, step_scores in zip(problems, result.texts, result.info["step_scores"]):
     if step_scores and min(step_scores) == 1.0 and text.splitlines()[-1].startswith("####"):
       assert task.check_answer(problem, text), text
+
+
+def test_budget_forcing_extends_the_plain_sample(sft_workdir):
+  """n = 1 is one plain completion of each prompt; with n = 3 the first extension is that same
+  completion cut at its answer line, followed by the wait string, once per counted wait; every
+  solution ends with an answer (forced when the budget ran out)."""
+  folder = f"{sft_workdir}/hf"
+  tok = tokenizers.load(folder)
+  cfg, params = models.load({"hf_path": folder}, jax.random.key(0))
+  policy = StepPolicy(models.Model(cfg), params, tok, TASK, temperature=1.0, max_new_tokens=48,
+                      batch_size=8)
+  problems = TASK.generate(6, seed=1, split="test")
+  search = methods.Search(policy, None, problems, jax.random.key(3), wait="Wait,")
+  one, three = methods.budget_forcing(search, 1), methods.budget_forcing(search, 3)
+  plain = methods.complete(policy, [policy.prompt_ids(p) for p in problems],
+                           jax.random.fold_in(jax.random.fold_in(jax.random.key(3), 5), 0))
+  assert one.info["waits"] == [0] * 6
+  for i, (text, generated) in enumerate(plain):
+    if i not in one.info["forced"]:
+      assert one.texts[i] == text and one.tokens[i] == generated
+    waits = three.info["waits"][i]
+    assert 0 <= waits <= 2 and three.texts[i].count("Wait,") == waits
+    assert "####" in three.texts[i] and three.tokens[i] >= generated
+    if "####" in text:  # the first extension is the plain sample, its answer cut off
+      assert three.texts[i].startswith(text[:text.rfind("####")] + "Wait,")
+  assert sum(three.info["waits"]) > 0

@@ -84,3 +84,44 @@ def test_bad_names():
     scorers.aggregate(np.ones(2), "median")
   with pytest.raises(ValueError, match="granularity 'step'.*'hrm'"):
     scorers.RewardModelScorer(models.Model(RM), None, TASK, TOK, granularity="step")
+
+
+def _brute_step_logprobs(model, params, problem, steps):
+  """Each step's token log-probabilities, summed, from one unpadded forward pass in float64."""
+  prompt = TOK.encode(TASK.prompt(problem), add_bos=True)
+  pieces = [TOK.encode(s + TOK.step_delimiter) for s in steps]
+  ids = prompt + [t for p in pieces for t in p]
+  logits = np.asarray(model.apply({"params": params}, np.asarray([ids], np.int32))[0],
+                      np.float64)
+  shifted = logits - logits.max(-1, keepdims=True)
+  logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+  position, sums, counts = len(prompt), [], []
+  for piece in pieces:
+    sums.append(sum(logp[t - 1, ids[t]] for t in range(position, position + len(piece))))
+    counts.append(len(piece))
+    position += len(piece)
+  return np.asarray(sums), np.asarray(counts)
+
+
+@pytest.mark.parametrize("with_reference", [False, True])
+def test_implicit_scorer_against_one_forward_pass_per_solution(with_reference):
+  cfg = models.preset("tiny", vocab_size=TOK.vocab_size, num_layers=2, hidden_size=64,
+                      intermediate_size=128, num_heads=4, num_kv_heads=2, head_dim=16)
+  model, policy, ref = models.Model(cfg), random_params(cfg, 0), random_params(cfg, 1)
+  problems = TASK.generate(5, seed=2)
+  solutions = [p.solution.split("\n") for p in problems]
+  solutions[1] = solutions[1][:1]  # one step only
+  solutions[2] = []  # no step: no score
+  scorer = scorers.ImplicitScorer(model, policy, TASK, TOK, beta=0.5, batch_size=2,
+                                  reference=ref if with_reference else None)
+  got = scorer(problems, solutions)
+  for problem, steps, scores in zip(problems, solutions, got):
+    assert scores.shape == (len(steps),)
+    mine, counts = _brute_step_logprobs(model, policy, problem, steps)
+    if with_reference:
+      theirs, _ = _brute_step_logprobs(model, ref, problem, steps)
+      expected = 1.0 / (1.0 + np.exp(-0.5 * np.cumsum(mine - theirs)))
+    else:
+      expected = np.exp(mine / np.maximum(counts, 1))
+    np.testing.assert_allclose(scores, expected, rtol=2e-4, atol=1e-6)
+    assert ((0 <= scores) & (scores <= 1)).all()
