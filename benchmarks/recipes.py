@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import (b_star_arith, dapo_arith, dpo_arith, grpo_arith,  # noqa: E402
                      guide_grpo_arith, rest_em_arith, sft_arith, star_arith, step_dpo_arith,
-                     ttrl_arith)
+                     thinklite_arith, ttrl_arith)
 from reasonjax import programs  # noqa: E402
 from reasonjax.metrics import read_jsonl  # noqa: E402
 from reasonjax.programs import stages  # noqa: E402
@@ -49,10 +49,14 @@ METHODS = {
     "DAPO": (dapo_arith, None, "grpo"),
     "DAPO + length reward": (dapo_arith, "efficiency", "grpo"),
     "Guide-GRPO": (guide_grpo_arith, None, "grpo"),
+    "ThinkLite selection": (thinklite_arith, None, "grpo"),
     "TTRL": (ttrl_arith, None, "grpo"),
     "EMPO": (ttrl_arith, "empo", "grpo"),
 }
 BASELINES = ("SFT on more data", "GRPO")
+# Not run by default: its MCTS pass over the pool (256 simulations per problem) takes longer on
+# 2 CPU cores than every other run together; `--methods` adds it.
+SLOW = ("ThinkLite selection",)
 
 
 def start_config(task: str):
@@ -92,9 +96,10 @@ def method_config(name: str, task: str, start: str, seed: int, args):
     config.rollouts.update({"prompts": 8, "num_samples": 4})
     if config.data_controls.overlong_cache:
       config.data_controls.overlong_cache = max(1, config.rollouts.max_new_tokens // 5)
-    # TTRL/EMPO train on the evaluation's own problems; the others on the training split.
+    # TTRL/EMPO train on the evaluation's own problems; the others on the training split;
+    # ThinkLite selects from a pool four times larger.
     config.task.num_train = args.eval_problems if config.train_split == "test" else \
-        args.problems
+        args.problems * (4 if config.data_selection.simulations else 1)
     evaluation(config.eval, args.eval_problems)
   elif kind == "dpo":
     config.update({"steps": steps, "checkpoint_every": steps, "eval_every": 0,
@@ -149,14 +154,25 @@ def run(args) -> dict:
     for seed in args.seeds:
       for name in args.methods:
         workdir = os.path.join(base, f"seed_{seed}", name.replace(" ", "_"))
-        if not os.path.exists(os.path.join(workdir, "results.json")):
+        row = {"task": task, "seed": seed, "method": name}
+        failed = os.path.join(workdir, "failed.txt")
+        if not os.path.exists(os.path.join(workdir, "results.json")) and not os.path.exists(
+            failed):
           begin = time.perf_counter()
           config = method_config(name, task, start, seed, args)
           programs.check_config(config)
           os.makedirs(workdir, exist_ok=True)
-          programs.get(config.trainer)(config, workdir)
+          try:
+            programs.get(config.trainer)(config, workdir)
+          except ValueError as e:  # e.g. no right sample to learn from: the row says so
+            with open(failed, "w") as f:
+              f.write(str(e))
           print(f"{task} seed {seed} {name}: {time.perf_counter() - begin:.0f} s", flush=True)
-        rows.append({"task": task, "seed": seed, "method": name} | outcome(name, workdir))
+        if os.path.exists(failed):
+          with open(failed) as f:
+            rows.append(row | {"error": f.read()})
+        else:
+          rows.append(row | outcome(name, workdir))
   return {"rows": rows, "seeds": list(args.seeds), "steps": args.steps,
           "eval_problems": args.eval_problems, "problems": args.problems,
           "rounds": args.rounds}
@@ -183,15 +199,25 @@ def page(results: dict, command: str) -> str:
            "size of the spread between seeds unless the table says otherwise.", ""]
   for task in dict.fromkeys(r["task"] for r in rows):
     mine = [r for r in rows if r["task"] == task]
-    start = [r["start_accuracy"] for r in mine if r["start_accuracy"] is not None]
-    lines += [f"## {task}", "", f"SFT start: accuracy {_spread(sorted(set(start)))}.", "",
-              "| method | held-out accuracy | train steps | generated tokens | tokens / GRPO's "
+    start = [r["start_accuracy"] for r in mine if r.get("start_accuracy") is not None]
+    lines += [f"## {task}", "", f"SFT start: accuracy {_spread(sorted(set(start)))}.", ""]
+    if start and max(start) == 0:
+      lines += ["The SFT start solves none of these held-out problems, and so none of the "
+                "methods has right samples to learn from: this table says nothing about the "
+                "recipes at this scale.", ""]
+    lines += ["| method | held-out accuracy | train steps | generated tokens | tokens / GRPO's "
               "| beats both baselines in every seed |", "|---|---|---|---|---|---|"]
     by = lambda name: [r for r in mine if r["method"] == name]  # noqa: E731
     grpo_tokens = statistics.fmean(r["generated_tokens"] for r in by("GRPO")) if by("GRPO") \
         else 0
+    winners = []
     for name in dict.fromkeys(r["method"] for r in mine):
       runs = by(name)
+      errors = [r["error"] for r in runs if "error" in r]
+      if errors:
+        lines.append(f"| {name} | did not train ({len(errors)} of {len(runs)} seeds): "
+                     f"{errors[0].split(':')[0]} | | | | no |")
+        continue
       if any(r["generated_tokens"] is None for r in runs):  # DPO does not count its sampling
         tokens, ratio = "not counted", ""
       else:
@@ -200,14 +226,20 @@ def page(results: dict, command: str) -> str:
       if name in BASELINES:
         verdict = "(baseline)"
       else:
-        best = {r["seed"]: max(b["accuracy"] for b in mine
+        best = {r["seed"]: max(b.get("accuracy", 0.0) for b in mine
                                if b["method"] in BASELINES and b["seed"] == r["seed"])
                 for r in runs}
         verdict = "yes" if all(r["accuracy"] > best[r["seed"]] for r in runs) else "no"
       lines.append(f"| {name} | {_spread([r['accuracy'] for r in runs])} | "
                    f"{_spread([r['steps'] for r in runs], 0)} | {tokens} | {ratio} | "
                    f"{verdict} |")
-    lines.append("")
+      winners += [name] if verdict == "yes" else []
+    below = [n for n in dict.fromkeys(r["method"] for r in mine)
+             if start and all("accuracy" in r for r in by(n))
+             and statistics.fmean(r["accuracy"] for r in by(n)) < statistics.fmean(start)]
+    lines += ["", f"Beat both baselines in every seed: {', '.join(winners)}." if winners else
+              "No recipe beats both baselines in every seed at this scale.",
+              f"Below the SFT start on average: {', '.join(below) or 'none'}.", ""]
   return "\n".join(lines)
 
 
@@ -217,7 +249,7 @@ def main():
   parser.add_argument("--out", default="docs/results/recipes.md")
   parser.add_argument("--tasks", default=",".join(TASKS))
   parser.add_argument("--seeds", default="0,1,2")
-  parser.add_argument("--methods", default=",".join(METHODS))
+  parser.add_argument("--methods", default=",".join(m for m in METHODS if m not in SLOW))
   parser.add_argument("--steps", type=int, default=24)
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--problems", type=int, default=128)

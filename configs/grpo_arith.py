@@ -52,6 +52,13 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   # `below`, the last `samples` completions are sampled again with `hint` in the prompt.
   config.guidance = ml_collections.ConfigDict({
       "samples": 0, "below": 0.5, "hint": " (The answer is {answer}.)"})
+  # ThinkLite's data selection (configs/thinklite_arith.py), off here (simulations 0): the
+  # training problems that step-level MCTS (num_children per expansion, simulations_per_round
+  # leaves a round, rollout values) solves only after min_simulations or more.
+  config.data_selection = ml_collections.ConfigDict({
+      "simulations": 0, "min_simulations": 8, "keep_unsolved": False, "num_children": 4,
+      "simulations_per_round": 2, "temperature": 1.0, "max_step_tokens": 24, "max_steps": 6,
+      "batch_size": 32})
   config.data_controls = ml_collections.ConfigDict({
       "dynamic_sampling": False, "max_sampling_rounds": 3, "overlong_filter": False,
       "overlong_cache": 0, "overlong_weight": 1.0})

@@ -33,12 +33,14 @@ def test_every_method_runs_the_start_task_with_the_step_budget(name, task, tmp_p
 def test_page_marks_a_recipe_that_beats_both_baselines_in_every_seed():
   rows = []
   accuracy = {"SFT on more data": [0.5, 0.4, 0.6], "GRPO": [0.55, 0.5, 0.5],
-              "A": [0.6, 0.55, 0.65], "B": [0.6, 0.45, 0.7]}
+              "A": [0.6, 0.55, 0.65], "B": [0.6, 0.45, 0.7], "C": [0.1, 0.2, 0.3]}
   for name, values in accuracy.items():
     for seed, value in enumerate(values):
       rows.append({"task": "arithmetic", "seed": seed, "method": name, "accuracy": value,
                    "start_accuracy": 0.3, "steps": 24,
                    "generated_tokens": 100 * (seed + 1) * (name != "SFT on more data")})
+  rows.append({"task": "arithmetic", "seed": 0, "method": "D",
+               "error": "no preference pairs: all wrong"})
   text = recipes.page({"rows": rows, "seeds": [0, 1, 2], "steps": 24, "eval_problems": 64},
                       "python benchmarks/recipes.py")
   lines = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
@@ -46,3 +48,6 @@ def test_page_marks_a_recipe_that_beats_both_baselines_in_every_seed():
   mean, std = statistics.fmean(accuracy["B"]), statistics.stdev(accuracy["B"])
   assert f"| {mean:.3f} ± {std:.3f} | 24 ± 0 | 200 | 1.00 |" in lines["B"]
   assert lines["GRPO"].endswith("| (baseline) |")
+  assert "Beat both baselines in every seed: A." in text
+  assert "Below the SFT start on average: C." in text
+  assert lines["D"] == "| D | did not train (1 of 1 seeds): no preference pairs | | | | no |"  # the start: 0.3; C's mean 0.2

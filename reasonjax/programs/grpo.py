@@ -34,6 +34,9 @@ Guide-GRPO (`config.guidance`): in a group whose rewards are all below `guidance
 last `guidance.samples` completions are sampled again with the answer as a hint in the prompt and
 trained on under the plain prompt, with the hinted sampler's log-probs as the old policy (the
 importance weight of these off-policy samples; `Rollouts._guide`).
+ThinkLite's data selection (`config.data_selection`, `select_problems`): before training, each
+problem's difficulty is the MCTS simulations its tree needs to hold a right answer; GRPO then
+trains on the hard but solvable ones (`workdir/selection.json`).
 `config.train_split="test"` trains on the evaluation's problems (test-time RL, with rewards that
 do not read the answers).
 
@@ -61,6 +64,8 @@ from reasonjax.data.tasks import Task
 from reasonjax.data.tasks.base import SPLITS
 from reasonjax.losses import policy, tokens
 from reasonjax.rewards import reward_model as rm_reward, scoring
+from reasonjax.search import methods
+from reasonjax.search.policy import StepPolicy
 from reasonjax.sampling import sampler as sampler_lib
 from reasonjax.sampling import texts as sampling_texts
 from reasonjax.programs import stages
@@ -384,6 +389,11 @@ def check_config(config) -> None:
                      f"rollouts.num_samples={section.num_samples} hinted samples per group")
   if guidance.samples and "{answer}" not in guidance.hint:
     raise ValueError(f"config.guidance.hint={guidance.hint!r} has no {{answer}} to fill in")
+  selection = config.data_selection
+  if selection.simulations < 0 or selection.min_simulations < 0:
+    raise ValueError("config.data_selection.simulations and min_simulations must be >= 0 (0 "
+                     f"simulations: no selection), got {selection.simulations} and "
+                     f"{selection.min_simulations}")
   controls = config.data_controls
   if controls.max_sampling_rounds < 1:
     raise ValueError(f"config.data_controls.max_sampling_rounds={controls.max_sampling_rounds}: "
@@ -422,6 +432,37 @@ def make_scorer(config, task: Task, tokenizer):
   return rm_reward.RewardModelReward.from_section(rm, task, tokenizer, truth)
 
 
+def select_problems(config, model, params, task: Task, tokenizer, problems) -> dict:
+  """ThinkLite's data selection (`config.data_selection`): each problem's simulations to solve
+  by step-level MCTS with rollout values (`search.methods.simulations_to_solve`), each process
+  searching its share; kept: the solved ones that took at least `min_simulations` (hard but
+  solvable), and the unsolved ones with `keep_unsolved`. Returns {"simulations", "solved",
+  "kept": indices}."""
+  s = config.data_selection
+  step_policy = StepPolicy(model, params, tokenizer, task, temperature=s.temperature,
+                           max_step_tokens=s.max_step_tokens, max_steps=s.max_steps,
+                           batch_size=s.batch_size)
+  mcts = {"num_children": s.num_children, "simulations_per_round": s.simulations_per_round,
+          "evaluation": "rollout"}
+  rng = distributed.process_rng(jax.random.key(config.seed + 7))
+
+  def difficulty(part):
+    search = methods.Search(step_policy, None, part, rng, mcts=mcts)
+    sims, solved = methods.simulations_to_solve(search, s.simulations)
+    return [[int(n), bool(ok)] for n, ok in zip(sims, solved)]
+
+  rows = distributed.map_shared(difficulty, problems)
+  kept = [i for i, (n, ok) in enumerate(rows)
+          if (ok and n >= s.min_simulations) or (not ok and s.keep_unsolved)]
+  if len(kept) < config.rollouts.prompts:
+    solved = sum(ok for _, ok in rows)
+    raise ValueError(f"config.data_selection kept {len(kept)} of {len(problems)} problems "
+                     f"({solved} solved within {s.simulations} simulations), fewer than "
+                     f"rollouts.prompts={config.rollouts.prompts}: lower min_simulations, set "
+                     "keep_unsolved, or raise task.num_train")
+  return {"simulations": [n for n, _ in rows], "solved": [ok for _, ok in rows], "kept": kept}
+
+
 def run(config, workdir: str) -> dict:
   """Evaluates the starting policy, trains with GRPO, evaluates; returns the results."""
   check_config(config)
@@ -442,6 +483,12 @@ def run(config, workdir: str) -> dict:
   if start:
     print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
   problems = task.generate(config.task.num_train, seed=config.seed, split=config.train_split)
+  if config.data_selection.simulations:
+    chosen = stages.json_file(os.path.join(workdir, "selection.json"), lambda: select_problems(
+        config, model, params, task, tokenizer, problems))
+    problems = [problems[i] for i in chosen["kept"]]
+    logging.info("ThinkLite selection: %d of %d problems kept", len(problems),
+                 len(chosen["solved"]))
   scorer = make_scorer(config, task, tokenizer)
   rollouts = Rollouts(config, model, task, tokenizer, problems, scorer)
   loss_fn = functools.partial(grpo_loss, model=model, temperature=config.rollouts.temperature,

@@ -258,10 +258,11 @@ def beam(search: Search, n: int) -> Result:
   return Result(["\n".join(p.steps) for p in chosen], tokens, time.perf_counter() - start)
 
 
-def grow_trees(search: Search, simulations: int
+def grow_trees(search: Search, simulations: int, *, stop_reward: float | None = None
                ) -> tuple[tree_lib.Tree, language.LanguageEnv, dict[str, Any]]:
   """One MCTS tree per problem of `search`, grown by `mcts.search` for `simulations` per tree
-  with the settings `search.mcts` (`language.SETTINGS`). Returns (tree, env, stats)."""
+  with the settings `search.mcts` (`language.SETTINGS`); a tree stops early once it holds a
+  terminal node of reward >= `stop_reward` (None: never). Returns (tree, env, stats)."""
   settings = language.check_settings(search.mcts)
   policy, problems = search.policy, search.problems
   k, w = settings["num_children"], settings["simulations_per_round"]
@@ -276,9 +277,20 @@ def grow_trees(search: Search, simulations: int
                        root_tokens=jnp.asarray(roots), root_lengths=jnp.asarray(root_lengths))
   config = mcts_lib.MCTSConfig(num_simulations=simulations, simulations_per_round=w,
                                c=settings["c"], rule=settings["rule"],
-                               max_depth=policy.max_steps)
+                               max_depth=policy.max_steps, stop_reward=stop_reward)
   tree, stats = mcts_lib.search(tree, env, config)
   return tree, env, stats
+
+
+def simulations_to_solve(search: Search, simulations: int) -> tuple[np.ndarray, np.ndarray]:
+  """ThinkLite's difficulty of each problem (Wang et al. 2025, "SoTA with Less: MCTS-Guided
+  Sample Selection for Data-Efficient Visual Reasoning Self-Improvement"): the MCTS simulations
+  (`grow_trees`, at most `simulations`) until its tree holds a right answer, and whether it
+  did. The search must grade answers itself (`search.mcts` evaluation "rollout" or "mixed", or
+  a scorer that grades answer lines, such as the oracle), since solved means a terminal node of
+  reward 1. Returns (simulations int [P], solved bool [P])."""
+  _, _, stats = grow_trees(search, simulations, stop_reward=1.0)
+  return np.asarray(stats["simulations"]), np.asarray(stats["solved"])
 
 
 def mcts(search: Search, n: int) -> Result:

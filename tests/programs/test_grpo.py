@@ -316,3 +316,43 @@ def test_grpo_runlocal_with_a_reward_model_reports_true_accuracy(checkpoints, tm
     assert "rollout_reward_correctness" not in r and "rollout_verifier_errors" in r
   with open(os.path.join(tmp_path, "results.json")) as f:
     assert "grpo_accuracy" in json.load(f)
+
+
+@pytest.mark.parametrize("keep_unsolved", [False, True])
+def test_select_problems_keeps_the_hard_but_solvable(keep_unsolved, monkeypatch):
+  """Given each problem's simulations and whether it was solved, the kept indices against a
+  direct filter; too few for a batch of prompts is refused with the numbers."""
+  sims = np.asarray([1, 9, 12, 32, 3, 8, 32, 20])
+  solved = np.asarray([True, True, True, False, True, True, False, True])
+  monkeypatch.setattr(grpo.methods, "simulations_to_solve",
+                      lambda search, n: (sims[:len(search.problems)],
+                                         solved[:len(search.problems)]))
+  config = grpo_arith.get_config("runlocal")
+  config.data_selection.update({"simulations": 32, "min_simulations": 8,
+                                "keep_unsolved": keep_unsolved})
+  config.rollouts.prompts = 2
+  task = get_task("arithmetic", **config.task.knobs)
+  problems = task.generate(8, seed=0)
+  out = grpo.select_problems(config, MODEL, None, task, tokenizers.load("synthetic"), problems)
+  want = [i for i in range(8) if (solved[i] and sims[i] >= 8) or (keep_unsolved and not solved[i])]
+  assert out == {"simulations": sims.tolist(), "solved": solved.tolist(), "kept": want}
+  config.rollouts.prompts = 8
+  with pytest.raises(ValueError, match=f"kept {len(want)} of 8 problems \\(6 solved within 32"):
+    grpo.select_problems(config, MODEL, None, task, tokenizers.load("synthetic"), problems)
+
+
+@pytest.mark.slow
+def test_thinklite_runlocal_trains_on_the_selected_problems(sft_workdir, tmp_path):
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = run_main("--config=configs/thinklite_arith.py:runlocal",
+                 f"--config.init_from={sft_workdir}/hf", "--config.steps=2",
+                 "--config.checkpoint_every=2", "--config.eval.num_problems=4",
+                 workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(tmp_path, "selection.json")) as f:
+    selection = json.load(f)
+  assert len(selection["simulations"]) == len(selection["solved"]) == 24
+  assert selection["kept"] == [i for i, (n, ok) in enumerate(zip(selection["simulations"],
+                                                                  selection["solved"]))
+                               if not ok or n >= 1]
+  assert all(1 <= n <= 8 + 2 * 4 for n in selection["simulations"])  # a round may go over

@@ -241,3 +241,30 @@ def test_budget_forcing_extends_the_plain_sample(sft_workdir):
     if "####" in text:  # the first extension is the plain sample, its answer cut off
       assert three.texts[i].startswith(text[:text.rfind("####")] + "Wait,")
   assert sum(three.info["waits"]) > 0
+
+
+def test_simulations_to_solve_stops_a_tree_at_its_first_right_answer(sft_workdir):
+  """The same search grown by hand: a tree is solved exactly when one of its terminal nodes'
+  paths is graded right by the task, a solved tree stopped within the budget, an unsolved one
+  used it up (or ran out of leaves), and the counts are those of that search."""
+  folder = f"{sft_workdir}/hf"
+  tok = tokenizers.load(folder)
+  cfg, params = models.load({"hf_path": folder}, jax.random.key(0))
+  task = tasks.get_task("arithmetic", min_steps=1, max_steps=2, max_operand=9, max_value=30,
+                        ops="+-")  # as the policy was trained: some problems get solved
+  policy = StepPolicy(models.Model(cfg), params, tok, task, temperature=1.0, max_step_tokens=16,
+                      max_steps=4, batch_size=8)
+  problems = task.generate(6, seed=4, split="test")
+  mcts = {"num_children": 3, "simulations_per_round": 2, "evaluation": "rollout"}
+  sims, solved = methods.simulations_to_solve(
+      methods.Search(policy, None, problems, jax.random.key(2), mcts=mcts), 12)
+  tree, env, stats = methods.grow_trees(
+      methods.Search(policy, None, problems, jax.random.key(2), mcts=mcts), 12, stop_reward=1.0)
+  np.testing.assert_array_equal(sims, stats["simulations"])
+  used, terminal = np.asarray(tree.used), np.asarray(tree.terminal)
+  for b, problem in enumerate(problems):
+    right = [task.check_answer(problem, "\n".join(env.steps(b, node)))
+             for node in np.flatnonzero(used[b] & terminal[b])]
+    assert solved[b] == any(right)
+    assert solved[b] or sims[b] >= 12 or stats["exhausted"][b]
+  assert solved.any() and 0 < sims.min()
