@@ -28,8 +28,8 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import (b_star_arith, dapo_arith, dpo_arith, grpo_arith,  # noqa: E402
-                     guide_grpo_arith, rest_em_arith, sft_arith, star_arith, step_dpo_arith,
-                     thinklite_arith, ttrl_arith)
+                     guide_grpo_arith, rest_em_arith, scl_arith, sft_arith, star_arith,
+                     step_dpo_arith, thinklite_arith, ttrl_arith)
 from reasonjax import programs  # noqa: E402
 from reasonjax.metrics import read_jsonl  # noqa: E402
 from reasonjax.programs import stages  # noqa: E402
@@ -46,6 +46,7 @@ METHODS = {
     "B-STaR": (b_star_arith, None, "expert"),
     "DPO": (dpo_arith, None, "dpo"),
     "Step-DPO": (step_dpo_arith, None, "dpo"),
+    "Self-correction DPO": (scl_arith, None, "dpo"),
     "DAPO": (dapo_arith, None, "grpo"),
     "DAPO + length reward": (dapo_arith, "efficiency", "grpo"),
     "Guide-GRPO": (guide_grpo_arith, None, "grpo"),

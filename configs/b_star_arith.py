@@ -1,4 +1,6 @@
-"""B-STaR on arithmetic chains: expert iteration that, each round, picks the sampling
+"""B-STaR on arithmetic chains: expert iteration that balances exploration and exploitation.
+
+B-STaR on arithmetic chains: expert iteration that, each round, picks the sampling
 temperature and the reward threshold with the highest balance score on a probe of the training
 problems, and logs exploration (pass@k, distinct right solutions) and exploitation (the
 selection's precision, the reward model's best-of-k) (programs/expert_iteration.py). Zeng et

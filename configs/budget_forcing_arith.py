@@ -1,4 +1,6 @@
-"""Test-time scaling by budget forcing on arithmetic chains: one solution per problem whose
+"""Budget forcing on arithmetic chains: test-time scaling by holding the answer back.
+
+Test-time scaling by budget forcing on arithmetic chains: one solution per problem whose
 answer is held back n - 1 times (each time the model writes its answer line, the line is cut,
 "Wait," appended and sampling goes on), against majority vote over n samples at the tokens each
 spends (programs/search.py, `search.methods.budget_forcing`). Muennighoff et al. 2025, "s1:

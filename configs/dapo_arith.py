@@ -1,4 +1,6 @@
-"""DAPO's recipe on arithmetic chains: GRPO with clip-higher, the token-level loss, no KL term,
+"""DAPO on arithmetic chains: GRPO with DAPO's losses and data controls.
+
+DAPO's recipe on arithmetic chains: GRPO with clip-higher, the token-level loss, no KL term,
 dynamic sampling (groups whose rewards are all equal are dropped and more prompts sampled),
 the soft overlong penalty and, optionally, overlong filtering, an early cut-off of the long
 tail of a batch's rollouts and a length reward (programs/grpo.py). Yu et al. 2025, "DAPO: An

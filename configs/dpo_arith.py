@@ -19,11 +19,14 @@ from configs import common, sft_arith
 def pairs(section: ml_collections.ConfigDict, *, max_per_problem: int
           ) -> ml_collections.ConfigDict:
   """The pairs section: how the policy samples (`section`), pairs per problem at most, and
-  where pairs come from: "samples" (a right and a wrong solution of a problem) or "trees"
+  where pairs come from: "samples" (a right and a wrong solution of a problem), "trees"
   (Step-DPO: sibling steps of a step tree of num_samples children per node and max_depth
-  levels, whose values differ by margin or more; configs/step_dpo_arith.py)."""
+  levels, whose values differ by margin or more; configs/step_dpo_arith.py) or "corrections"
+  (SCL: num_samples second attempts after each of first_samples first attempts and the cue;
+  configs/scl_arith.py)."""
   section.update({"max_per_problem": max_per_problem, "source": "samples", "max_depth": 4,
-                  "max_step_tokens": 24, "margin": 0.5})
+                  "max_step_tokens": 24, "margin": 0.5, "first_samples": 2,
+                  "cue": "Let me check that again."})
   return section
 
 

@@ -1,4 +1,6 @@
-"""Guide-GRPO on arithmetic chains: in a group whose samples all fail, half of them are sampled
+"""Guide-GRPO on arithmetic chains: hinted samples for groups that all fail.
+
+Guide-GRPO on arithmetic chains: in a group whose samples all fail, half of them are sampled
 again with the answer as a hint in the prompt, and trained on under the plain prompt with the
 importance weight pi(o | q) / pi_old(o | q, hint) that corrects for sampling them off-policy
 (programs/grpo.py, `Rollouts._guide`). Nath et al. 2025, "Adaptive Guidance Accelerates

@@ -1,4 +1,6 @@
-"""ReST-EM on arithmetic chains: rounds of sampling the policy on training problems, keeping
+"""ReST-EM on arithmetic chains: rounds of fine-tuning on the policy's verified samples.
+
+ReST-EM on arithmetic chains: rounds of sampling the policy on training problems, keeping
 the verified solutions and fine-tuning on them (programs/expert_iteration.py). Singh et al.
 2023, "Beyond Human Data: Scaling Self-Training for Problem-Solving with Language Models".
 

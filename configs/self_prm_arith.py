@@ -1,4 +1,6 @@
-"""Self-PRM on arithmetic chains: the policy scores its own solutions' steps to rerank them
+"""Self-PRM on arithmetic chains: the policy scores its own steps to rerank its solutions.
+
+Self-PRM on arithmetic chains: the policy scores its own solutions' steps to rerank them
 (best-of-N, weighted vote, step-level greedy search), against majority vote
 (programs/search.py, `search.scorers.ImplicitScorer`). Feng et al. 2025, "Is PRM Necessary?
 Problem-Solving RL Implicitly Induces PRM Capability in LLMs", find an RL-trained policy judges

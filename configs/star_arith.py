@@ -1,4 +1,6 @@
-"""STaR on arithmetic chains: expert iteration with one sample per problem, rationalisation of
+"""STaR on arithmetic chains: expert iteration with rationalisation and growing rounds.
+
+STaR on arithmetic chains: expert iteration with one sample per problem, rationalisation of
 the unsolved problems (sampled again with the answer as a hint, trained on without it) and a
 training budget that grows 20% a round (programs/expert_iteration.py). Zelikman et al. 2022,
 "STaR: Bootstrapping Reasoning With Reasoning".

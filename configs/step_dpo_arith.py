@@ -1,4 +1,6 @@
-"""Step-level DPO on arithmetic chains: preference pairs of sibling steps from the policy's own
+"""Step-DPO on arithmetic chains: DPO on sibling steps of the policy's step trees.
+
+Step-level DPO on arithmetic chains: preference pairs of sibling steps from the policy's own
 step trees, each step valued by the fraction of right solutions below it (a Monte-Carlo Q
 value), the best and the worst children of a node making a pair whose prompt holds the path to
 it (programs/dpo.py, `step_pairs`). Lai et al. 2024, "Step-DPO: Step-wise Preference

@@ -1,4 +1,6 @@
-"""ThinkLite-style data selection on arithmetic chains: before GRPO, every training problem is
+"""ThinkLite on arithmetic chains: GRPO on the problems MCTS finds hard but solvable.
+
+ThinkLite-style data selection on arithmetic chains: before GRPO, every training problem is
 searched by step-level MCTS with rollout values until its tree holds a right answer; the
 problems it solves only after many simulations (hard but solvable) are kept for RL
 (programs/grpo.py, `select_problems`). Wang et al. 2025, "SoTA with Less: MCTS-Guided Sample

@@ -1,4 +1,6 @@
-"""Test-time RL without a verifier on arithmetic chains: GRPO on the evaluation's own problems,
+"""TTRL and EMPO on arithmetic chains: test-time GRPO rewarded by agreement, no verifier.
+
+Test-time RL without a verifier on arithmetic chains: GRPO on the evaluation's own problems,
 without their answers, rewarded by agreement among the samples (programs/grpo.py). TTRL (Zuo et
 al. 2025, "TTRL: Test-Time Reinforcement Learning") rewards the samples that give the group's
 majority answer, a pseudo-label; EMPO (Zhang et al. 2025, "Right Question is Already Half the

@@ -178,6 +178,28 @@ def test_grpo_recipes_runlocal(name, arg, sft_workdir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", ["guide_grpo_arith", "scl_arith"])
+def test_recipe_runlocal_variants_run_two_steps(name, sft_workdir, tmp_path):
+  """Runlocal variants not run above (Guide-GRPO's own config, the self-correction pairs; TTRL
+  differs from the EMPO run above only in its reward weights), two steps each from the shared
+  SFT start: each logs its steps and exports its evaluation."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = run_main(f"--config=configs/{name}.py:runlocal", f"--config.init_from={sft_workdir}/hf",
+                 "--config.steps=2", "--config.checkpoint_every=2", "--config.log_every=1",
+                 "--config.eval.num_problems=4", workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert [r["step"] for r in _rows(tmp_path, "loss")] == [1, 2]
+  with open(os.path.join(tmp_path, "results.json")) as f:
+    results = json.load(f)
+  assert 0.0 <= results.get("accuracy", results.get("grpo_accuracy", -1)) <= 1.0
+  if name == "scl_arith":
+    with open(os.path.join(tmp_path, "pairs.jsonl")) as f:
+      pairs = [json.loads(line) for line in f]
+    cue = "\nLet me check that again.\n"
+    assert pairs and all(p["prompt"].endswith(cue) for p in pairs)
+
+
+@pytest.mark.slow
 def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_path):
   page = os.path.join(tmp_path, "page.md")
   _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf",

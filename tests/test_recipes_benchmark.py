@@ -49,5 +49,5 @@ def test_page_marks_a_recipe_that_beats_both_baselines_in_every_seed():
   assert f"| {mean:.3f} ± {std:.3f} | 24 ± 0 | 200 | 1.00 |" in lines["B"]
   assert lines["GRPO"].endswith("| (baseline) |")
   assert "Beat both baselines in every seed: A." in text
-  assert "Below the SFT start on average: C." in text
-  assert lines["D"] == "| D | did not train (1 of 1 seeds): no preference pairs | | | | no |"  # the start: 0.3; C's mean 0.2
+  assert "Below the SFT start on average: C." in text  # the start: 0.3; C's mean 0.2
+  assert lines["D"] == "| D | did not train (1 of 1 seeds): no preference pairs | | | | no |"

@@ -9,9 +9,11 @@ of the same problem make a pair (chosen, rejected). With `pairs.source="trees"` 
 Step-APO) the pairs are steps instead: the policy grows a full step tree per problem
 (`search.tree_data.grow`), each node is valued by the fraction of right leaves below it, and
 at a node whose children's values differ by at least `pairs.margin` the best and the worst
-child make a pair, the path to the node being part of the prompt (`step_pairs`). The pairs are
-written to `workdir/pairs.jsonl` once, so a resumed run trains on the same data. The frozen reference is
-the starting policy. Any loss in `losses.preference.LOSSES` (inputs: sequence log-probs,
+child make a pair, the path to the node being part of the prompt (`step_pairs`). With
+`pairs.source="corrections"` (SCL) the prompt is the problem, one of the policy's first attempts
+and a cue to check it, and a right and a wrong second attempt make a pair
+(`_correction_pairs`). The pairs are written to `workdir/pairs.jsonl` once, so a resumed run
+trains on the same data. The frozen reference is the starting policy. Any loss in `losses.preference.LOSSES` (inputs: sequence log-probs,
 lengths, the chosen NLL) can be named in `config.loss`, with its hyperparameters in
 `config.loss_kwargs[loss]`.
 
@@ -39,13 +41,15 @@ from reasonjax.data import batching
 from reasonjax.losses import preference, tokens
 from reasonjax.programs import stages
 from reasonjax.search import tree_data
+from reasonjax.sampling import generate_texts, sampling_config
 from reasonjax.search.policy import StepPolicy
 from reasonjax.training import experiment, loop
 
 # The arguments a preference loss may take, all [B], computed in `preference_loss`.
 INPUTS = ("logp_w", "logp_l", "ref_logp_w", "ref_logp_l", "len_w", "len_l", "nll_w")
-# Where pairs come from: whole samples of a problem, or sibling steps of a step tree.
-PAIR_SOURCES = ("samples", "trees")
+# Where pairs come from: whole samples of a problem, sibling steps of a step tree, or second
+# attempts after the policy's own first attempt (self-correction).
+PAIR_SOURCES = ("samples", "trees", "corrections")
 # A `loss_kwargs[loss]` entry the trainer reads instead of passing it to the loss.
 AVERAGE_TOKENS = "average_tokens"
 
@@ -165,6 +169,38 @@ def _tree_pairs(config, model, params, task, tokenizer, problems) -> list[dict]:
   return out
 
 
+def correction_prompt(prompt: str, first: str, cue: str) -> str:
+  """The second turn's prompt: the problem, the policy's first attempt, then `cue`."""
+  return f"{prompt}{first}\n{cue}\n"
+
+
+def _correction_pairs(config, model, params, task, tokenizer, problems) -> list[dict]:
+  """Self-correction pairs (SCL): `pairs.first_samples` first attempts per problem, then
+  `pairs.num_samples` second attempts after each (`correction_prompt`); a right and a wrong
+  second attempt after the same first attempt make a pair (`make_pairs`). Each pair records
+  whether its first attempt was right: a pair after a wrong one teaches correcting it, after a
+  right one keeping it."""
+  section = config.pairs
+
+  def attempts(prompts, n, seed, what):
+    return generate_texts(model, params, tokenizer, prompts, jax.random.key(seed),
+                          sampling_config(section, tokenizer, num_samples=n),
+                          batch_size=max(1, section.batch_size // n), progress=what)
+
+  first = attempts([task.prompt(p) for p in problems], section.first_samples, config.seed + 2,
+                   "first attempts")
+  turns = [(p, y1) for p, row in zip(problems, first) for y1 in row]
+  prompts = [correction_prompt(task.prompt(p), y1, section.cue) for p, y1 in turns]
+  second = attempts(prompts, section.num_samples, config.seed + 3, "second attempts")
+  correct = [[task.check_answer(p, y2) for y2 in row] for (p, _), row in zip(turns, second)]
+  out = []
+  for (p, y1), prompt, found in zip(turns, prompts,
+                                    make_pairs(second, correct, section.max_per_problem)):
+    out += [{"prompt": prompt, "chosen": c, "rejected": r,
+             "first_right": bool(task.check_answer(p, y1))} for c, r in found]
+  return out
+
+
 def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, str]]:
   """The training pairs, sampled once and kept in workdir/pairs.jsonl."""
   path = os.path.join(workdir, "pairs.jsonl")
@@ -179,6 +215,14 @@ def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, st
       raise ValueError(f"no step pairs: no node of the {len(problems)} trees has children "
                        f"whose values differ by pairs.margin={config.pairs.margin} or more; "
                        "lower it, raise pairs.num_samples, or start from another policy")
+  elif config.pairs.source == "corrections":
+    pairs = _correction_pairs(config, model, params, task, tokenizer, problems)
+    fixes = sum(not p["first_right"] for p in pairs)
+    logging.info("%d self-correction pairs (%d after a wrong first attempt)", len(pairs), fixes)
+    if not pairs:
+      raise ValueError("no self-correction pairs: after every first attempt the second "
+                       f"attempts ({config.pairs.num_samples}) were all right or all wrong; "
+                       "raise pairs.num_samples or pairs.temperature")
   else:
     samples = experiment.rollouts(config.pairs, model, params, task, tokenizer, problems,
                                   jax.random.key(config.seed + 2), progress="sampling pairs")

@@ -196,9 +196,11 @@ class Rollouts:
     texts = sampling_texts.decode_rows(self.tokenizer, output)
     start = time.perf_counter()
     rewards, metrics = _score_shared(self.scorer, problems, texts, self.group)
+    generated = float(output.lengths.sum())
     if self.guidance.samples:
-      output, texts, rewards, metrics = self._guide(params, prompt_batch, problems, output,
-                                                    texts, rewards, metrics, rng)
+      output, rewards, metrics = self._guide(params, problems, output, texts, rewards, metrics,
+                                             rng)
+      generated += metrics["guided_tokens"]
     scored = np.asarray(rewards, np.float32)
     if self.controls.overlong_cache:
       penalty = scoring.overlong_penalty(output.lengths, self.sampling.max_new_tokens,
@@ -206,19 +208,21 @@ class Rollouts:
       rewards = rewards + self.controls.overlong_weight * penalty
       metrics["reward/overlong_penalty"] = float(penalty.mean())
     return {"batch": prompt_batch, "output": output, "rewards": np.asarray(rewards, np.float32),
-            "scored": scored, "metrics": metrics, "sample_s": sample_s, "score_s": time.perf_counter() - start}
+            "scored": scored, "metrics": metrics, "generated": generated, "sample_s": sample_s,
+            "score_s": time.perf_counter() - start}
 
-  def _guide(self, params, prompt_batch, problems, output, texts, rewards, metrics, rng):
+  def _guide(self, params, problems, output, texts, rewards, metrics, rng):
     """Guide-GRPO: in each group whose rewards are all below `guidance.below`, the last
     `guidance.samples` completions are replaced by ones sampled with the hint in the prompt,
     and the group is scored again. The batch keeps the plain prompt and the hinted sampler's
     log-probs as old_logp, so the loss's ratio pi(o | q) / pi_old(o | q, hint) is the
-    importance weight that corrects for the hinted (off-policy) samples."""
+    importance weight that corrects for the hinted (off-policy) samples. Returns the output,
+    rewards and metrics (guided_groups, guided_right, guided_tokens) with those groups'."""
     g, h = self.group, self.guidance.samples
     failed = np.flatnonzero(np.asarray(rewards).reshape(-1, g).max(1) < self.guidance.below)
     metrics = metrics | {"guided_groups": len(failed) / (len(rewards) // g)}
     if not len(failed):
-      return output, texts, rewards, metrics | {"guided_right": 0.0}
+      return output, rewards, metrics | {"guided_right": 0.0, "guided_tokens": 0.0}
     examples = [batching.prompt_example(
         self.tokenizer, self.task.prompt(problems[i * g].hinted(self.guidance.hint)), 0)["prompt"]
         for i in failed]
@@ -240,7 +244,8 @@ class Rollouts:
     rewards = np.asarray(rewards, np.float32).copy()
     rewards[group_rows] = again
     right = again.reshape(-1, g)[:, g - h:].max(1) >= self.guidance.below
-    return output, texts, rewards, metrics | {"guided_right": float(right.mean())}
+    return output, rewards, metrics | {"guided_right": float(right.mean()),
+                                       "guided_tokens": float(hinted.lengths.sum())}
 
   def _iteration(self, params) -> list[dict[str, np.ndarray]]:
     """Samples, scores and splits one iteration's rollouts into epochs x minibatches. With
@@ -278,7 +283,7 @@ class Rollouts:
     grouped = rewards.reshape(-1, self.group)
     first = draws[0]["rewards"].reshape(-1, self.group)
     sample_s = sum(d["sample_s"] for d in draws)
-    generated = float(sum(d["output"].lengths.sum() for d in draws))
+    generated = sum(d["generated"] for d in draws)  # hinted samples and dropped groups too
     reward_metrics = {k: np.mean([d["metrics"][k] for d in draws]) for k in draws[0]["metrics"]}
     stats = {"reward_mean": rewards.mean(), "reward_std": rewards.std(),
              "zero_variance_groups": np.mean(grouped.min(1) == grouped.max(1)),

@@ -5,7 +5,9 @@
 For every method in `config.search.methods` (names in `search.METHODS`) and every N in
 `config.search.n_values`, the policy searches each of `config.search.num_problems` test problems
 and the chosen solutions are graded by the task. Steps are scored by a reward model
-(`config.reward_model.path`) or by the task's own step checker (the oracle). Each (method, N)
+(`config.reward_model.path`), by a policy's own log-probabilities (`reward_model.granularity=
+"implicit"`: Self-PRM, `search.scorers.ImplicitScorer`) or by the task's own step checker (the
+oracle). Each (method, N)
 row holds accuracy, generated tokens per problem (the budget the method spent) and wall time;
 rows are written to workdir/search.json as they finish, so a rerun resumes after the last one,
 and the table to workdir/search.md (and to `config.results_page` when set, e.g.

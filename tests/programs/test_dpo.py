@@ -389,3 +389,46 @@ def test_step_dpo_runlocal_trains_on_step_pairs(sft_workdir, tmp_path):
   assert any(p["prompt"] not in prompts for p in pairs)  # some pairs are past the first step
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["pairs"] == len(pairs)
+
+
+def test_correction_pairs_pair_second_attempts_after_each_first(monkeypatch):
+  """Scripted attempts: the first attempts of each problem, then second attempts keyed by the
+  prompt; pairs are right vs wrong second attempts after the same first attempt, in the
+  correction prompt, with the first attempt's correctness recorded."""
+  task = get_task("arithmetic")
+  problems = task.generate(2, seed=0)
+  right = {p.question: p.solution for p in problems}
+  wrong = {p.question: p.solution.rsplit("####", 1)[0] + f"#### {int(p.answer) + 1}"
+           for p in problems}
+  config = dpo_arith.get_config("runlocal")
+  config.pairs.update({"source": "corrections", "first_samples": 2, "num_samples": 3,
+                       "max_per_problem": 1})
+  cue = config.pairs.cue
+
+  def fake(model, params, tokenizer, prompts, rng, sampling, **kwargs):
+    out = []
+    for prompt in prompts:
+      question = prompt.split("\n")[0]
+      if cue not in prompt:  # first attempts: one right, one wrong
+        out.append([right[question], wrong[question]])
+      elif prompt.startswith(question + "\n" + right[question]):  # kept right, or broken
+        out.append([right[question], right[question], wrong[question]])
+      else:  # after a wrong first attempt: all wrong for problem 0, corrected for problem 1
+        fixed = question == problems[1].question
+        out.append([wrong[question], right[question] if fixed else wrong[question],
+                    wrong[question]])
+    return out
+
+  monkeypatch.setattr(dpo, "generate_texts", fake)
+  pairs = dpo._correction_pairs(config, None, None, task, tokenizers.load("synthetic"), problems)
+  prompt = lambda p, first: dpo.correction_prompt(task.prompt(p), first, cue)  # noqa: E731
+  assert pairs == [
+      {"prompt": prompt(problems[0], right[problems[0].question]),
+       "chosen": right[problems[0].question], "rejected": wrong[problems[0].question],
+       "first_right": True},
+      {"prompt": prompt(problems[1], right[problems[1].question]),
+       "chosen": right[problems[1].question], "rejected": wrong[problems[1].question],
+       "first_right": True},
+      {"prompt": prompt(problems[1], wrong[problems[1].question]),
+       "chosen": right[problems[1].question], "rejected": wrong[problems[1].question],
+       "first_right": False}]
