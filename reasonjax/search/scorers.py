@@ -92,15 +92,21 @@ def score_fn(model: models.Model, batch_size: int):
   return run
 
 
-def probabilities(score, params, examples, *, batch_size: int) -> list[np.ndarray]:
-  """sigmoid of the score head at each example's step_mask ([L_j] float64 each), `score` from
-  `score_fn`. Examples go by length, each call padded to the power of two above its longest:
-  a few shapes compile, and short rows do not pay for the longest one."""
+def length_chunks(examples, batch_size: int):
+  """(indices, width) of calls of at most `batch_size` examples, taken by length, each padded
+  to the power of two above its longest: a few shapes compile, and short rows do not pay for
+  the longest one."""
   order = sorted(range(len(examples)), key=lambda i: len(examples[i]["inputs"]))
-  out: list[np.ndarray] = [np.zeros(0)] * len(examples)
   for start in range(0, len(order), batch_size):
     chunk = order[start:start + batch_size]
-    width = bucket_length(max(len(examples[i]["inputs"]) for i in chunk))
+    yield chunk, bucket_length(max(len(examples[i]["inputs"]) for i in chunk))
+
+
+def probabilities(score, params, examples, *, batch_size: int) -> list[np.ndarray]:
+  """sigmoid of the score head at each example's step_mask ([L_j] float64 each), `score` from
+  `score_fn`, in `length_chunks`."""
+  out: list[np.ndarray] = [np.zeros(0)] * len(examples)
+  for chunk, width in length_chunks(examples, batch_size):
     logits = score(params, [batching.pad_example(examples[i], width) for i in chunk])
     for i, x in zip(chunk, logits):
       out[i] = 1.0 / (1.0 + np.exp(-np.asarray(x, np.float64)))
@@ -189,11 +195,8 @@ class ImplicitScorer:
 
   def _step_logprobs(self, params, examples, starts) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per example: (sum of the step's token log-probs, its token count) for each step."""
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]["inputs"]))
     out: list = [None] * len(examples)
-    for first in range(0, len(order), self.batch_size):
-      chunk = order[first:first + self.batch_size]
-      width = bucket_length(max(len(examples[i]["inputs"]) for i in chunk))
+    for chunk, width in length_chunks(examples, self.batch_size):
       inputs = np.zeros((self.batch_size, width), np.int32)
       for row, i in enumerate(chunk):
         inputs[row, :len(examples[i]["inputs"])] = examples[i]["inputs"]
