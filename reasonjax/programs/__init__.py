@@ -34,6 +34,9 @@ def check_config(config) -> None:
   nested SFT run (`config.sft`; a program with other nested runs checks them in its CHECKS).
   Raises ValueError naming the field and the valid values."""
   get(config.trainer)
+  if "task" in config and config.task.get("code") is not None and config.trainer not in TOOLS:
+    raise ValueError(f"config.task.code: the {config.trainer} program samples without running "
+                     f"programs; the code format runs in {sorted(TOOLS)}")
   if "checkpoint_every" in config:  # A program that runs `loop.train`.
     loop.check_config(config)
   if config.trainer in CHECKS:
@@ -41,6 +44,9 @@ def check_config(config) -> None:
   if "sft" in config and config.sft is not None:
     check_config(config.sft)
 
+
+# The programs that sample through `generate_texts` with the task's tool (config.task.code).
+TOOLS = ("dpo", "expert_iteration", "sft")
 
 # Each program's check of its name-valued fields (loss, aggregation, rewards, ...).
 CHECKS: dict[str, Callable] = {
@@ -54,4 +60,4 @@ CHECKS: dict[str, Callable] = {
     "process_bench": process_bench.check_config,
 }
 
-__all__ = ["CHECKS", "PROGRAMS", "check_config", "get"]
+__all__ = ["CHECKS", "PROGRAMS", "TOOLS", "check_config", "get"]

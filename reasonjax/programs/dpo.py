@@ -185,7 +185,8 @@ def _correction_pairs(config, model, params, task, tokenizer, problems) -> list[
   def attempts(prompts, n, seed, what):
     return generate_texts(model, params, tokenizer, prompts, jax.random.key(seed),
                           sampling_config(section, tokenizer, num_samples=n),
-                          batch_size=max(1, section.batch_size // n), progress=what)
+                          batch_size=max(1, section.batch_size // n), progress=what,
+                          tool=task.tool)
 
   first = attempts([task.prompt(p) for p in problems], section.first_samples, config.seed + 2,
                    "first attempts")
@@ -253,6 +254,9 @@ def check_config(config) -> None:
   if config.pairs.source not in PAIR_SOURCES:
     raise ValueError(f"config.pairs.source={config.pairs.source!r}; expected one of "
                      f"{PAIR_SOURCES}")
+  if config.pairs.source == "trees" and config.task.get("code") is not None:
+    raise ValueError("config.pairs.source='trees' with config.task.code: step trees are grown "
+                     "without running programs; use 'samples' or 'corrections'")
   names = loss_inputs(config.loss)
   if config.loss not in config.loss_kwargs:
     raise ValueError(f"config.loss={config.loss!r} has no config.loss_kwargs entry; "

@@ -1,10 +1,12 @@
-"""Expert iteration on rewarded samples: ReST-EM, STaR and B-STaR. Each round the latest policy
-samples solutions to the training problems, a reward (the task's checker, or a reward model)
-selects some, and a policy is fine-tuned on them; the next round samples from it.
+"""Expert iteration on rewarded samples: ReST-EM, STaR, B-STaR and CoSC's self-enhancement.
+Each round the latest policy samples solutions to the training problems, a reward (the task's
+checker, or a reward model) selects some, and a policy is fine-tuned on them; the next round
+samples from it.
 
     python -m reasonjax.main --config=configs/rest_em_arith.py --workdir=runs/rest_em
     python -m reasonjax.main --config=configs/star_arith.py --workdir=runs/star
     python -m reasonjax.main --config=configs/b_star_arith.py --workdir=runs/b_star
+    python -m reasonjax.main --config=configs/cosc_arith.py --workdir=runs/cosc
 
 Stages, each stored in the workdir and skipped when present:
 
@@ -34,8 +36,9 @@ Knobs (`config.expert_iteration`):
                     (`balance_scores`, target n* = `target`); empty temperatures: off
 Every round also logs B-STaR's monitoring of its samples: exploration (pass@k, distinct right
 solutions per problem) and exploitation (the selection's precision, the reward model's best-of-k
-accuracy). The samples come from `config.rollouts` (num_samples per problem, temperature, ...);
-the fine-tuning from `config.train` (an SFT loop section). In a multi-process job each process
+accuracy). The samples come from `config.rollouts` (num_samples per problem, temperature, ...),
+running programs when the task has a tool (the code format, `config.task.code`: CoSC); the
+fine-tuning from `config.train` (an SFT loop section). In a multi-process job each process
 samples and scores its share of the problems; the fine-tuning runs on the global mesh.
 """
 
@@ -144,7 +147,8 @@ def collect(config, policy: str, task, tokenizer, problems, rng: jax.Array,
   text, rationalised]], "solved": problems with a selected sample, "rationalised": problems
   solved only with the hint, "samples", "tokens": generated (probes included), "temperature" and
   "threshold" used, "probe": B-STaR's grid of mean balance scores, "monitor": `monitor` of the
-  samples}. `reward`: a `rewards.reward_model.RewardModelReward` or None (the checker's 0/1).
+  samples, and with a task's tool `programs_per_sample`, the programs run per sample}.
+  `reward`: a `rewards.reward_model.RewardModelReward` or None (the checker's 0/1).
   Collective in a multi-process job."""
   e = config.expert_iteration
   cfg, params = models.load(experiment.model_section(config, policy), jax.random.key(0))
@@ -159,14 +163,15 @@ def collect(config, policy: str, task, tokenizer, problems, rng: jax.Array,
     sampling = sampling_config(config.rollouts, tokenizer, temperature=temperature)
     prompts = [task.prompt(p.hinted(hint) if hint else p) for p in part]
     texts, lengths = generate_texts(model, params, tokenizer, prompts, key, sampling,
-                                    batch_size=batch, return_lengths=True)
+                                    batch_size=batch, return_lengths=True, tool=task.tool)
     scores = None
     if reward is not None:
       k = config.rollouts.num_samples
       flat = reward.scores([p for p in part for _ in range(k)], [t for row in texts for t in row])
       scores = flat.reshape(len(part), k).tolist()
     return [{"texts": row, "right": [bool(task.check_answer(p, t)) for t in row],
-             "rewards": scores[i] if scores else None, "tokens": int(np.sum(length))}
+             "rewards": scores[i] if scores else None, "tokens": int(np.sum(length)),
+             "programs": sum(task.tool.calls(t) for t in row) if task.tool else 0}
             for i, (p, row, length) in enumerate(zip(part, texts, lengths))]
 
   def arrays(rows):
@@ -223,7 +228,8 @@ def collect(config, policy: str, task, tokenizer, problems, rng: jax.Array,
           "rationalised": len({i for i, _, hint in kept if hint}),
           "samples": (len(problems) + len(second)) * config.rollouts.num_samples,
           "tokens": tokens, "temperature": temperature, "threshold": threshold, "probe": probe,
-          "monitor": monitor(right, first, selected, rewards)}
+          "monitor": monitor(right, first, selected, rewards) | ({"programs_per_sample": sum(
+              r["programs"] for r in first_rows) / right.size} if task.tool else {})}
 
 
 def run(config, workdir: str) -> dict:

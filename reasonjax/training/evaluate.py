@@ -51,7 +51,8 @@ def task_accuracy(model, params, tokenizer, task: Task, problems: Sequence[Probl
   base = sampling_config({"max_new_tokens": max_new_tokens, "temperature": 0.0, "top_p": 1.0,
                           "num_samples": 1}, tokenizer)
   greedy = [t[0] for t in generate_texts(model, params, tokenizer, prompts, rng, base,
-                                         batch_size=batch_size, progress="eval greedy")]
+                                         batch_size=batch_size, progress="eval greedy",
+                                         tool=task.tool)]
   correct = [task.check_answer(p, t) for p, t in zip(problems, greedy)]
   metrics = {"accuracy": float(np.mean(correct)),
              "greedy_length": float(np.mean([len(t) for t in greedy])),
@@ -60,7 +61,8 @@ def task_accuracy(model, params, tokenizer, task: Task, problems: Sequence[Probl
     sampled = generate_texts(
         model, params, tokenizer, prompts, jax.random.fold_in(rng, 1),
         base.replace(num_samples=num_samples, temperature=temperature),
-        batch_size=max(1, batch_size // num_samples), progress=f"eval pass@{k}")
+        batch_size=max(1, batch_size // num_samples), progress=f"eval pass@{k}",
+        tool=task.tool)
     counts = [sum(task.check_answer(p, t) for t in texts) for p, texts in zip(problems, sampled)]
     metrics[f"pass_at_{k}"] = float(np.mean([pass_at_k(num_samples, c, k) for c in counts]))
     metrics["sample_accuracy"] = float(np.mean(counts) / num_samples)

@@ -23,8 +23,11 @@ HF_DIR = "hf"  # Where a finished run exports its parameters (a Hugging Face fol
 
 
 def task_and_tokenizer(config) -> tuple[tasks.Task, tokenizers.Tokenizer]:
-  """The task named in `config.task` with its knobs, and `config.tokenizer`."""
+  """The task named in `config.task` with its knobs (in the code format of `tasks.with_code`
+  with the knobs of `config.task.code`, when there is one), and `config.tokenizer`."""
   task = tasks.get_task(config.task.name, **config.task.knobs)
+  if config.task.get("code") is not None:
+    task = tasks.with_code(task, **config.task.code)
   return task, tokenizers.load(config.tokenizer)
 
 
@@ -101,4 +104,4 @@ def rollouts(section, model, params, task: tasks.Task, tokenizer: tokenizers.Tok
   config = sampling_config(section, tokenizer)
   return generate_texts(model, params, tokenizer, [task.prompt(p) for p in problems], rng,
                         config, batch_size=max(1, section.batch_size // section.num_samples),
-                        progress=progress)
+                        progress=progress, tool=task.tool)

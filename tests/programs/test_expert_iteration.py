@@ -1,18 +1,20 @@
-"""Expert iteration (ReST-EM, STaR, B-STaR): config checks, the selection and B-STaR's balance
+"""Expert iteration (ReST-EM, STaR, B-STaR, CoSC): config checks, the selection and B-STaR's balance
 score and monitoring against brute force, and the runlocal runs end to end."""
 
 import collections
 import json
 import os
+import re
 
+import jax
 import numpy as np
 import pytest
 
-from configs import b_star_arith, rest_em_arith, star_arith
-from reasonjax import models
+from configs import b_star_arith, cosc_arith, rest_em_arith, star_arith
+from reasonjax import models, sampling
 from reasonjax.data import tasks, tokenizers
 from reasonjax.programs import expert_iteration
-from reasonjax.rewards import reward_model
+from reasonjax.rewards import reward_model, sandbox
 from tests.conftest import random_params, run_main
 
 
@@ -198,3 +200,46 @@ def test_b_star_runlocal_picks_the_best_balanced_setting_each_round(sft_workdir,
   assert results["rounds"][1]["started_from"] == (
       str(tmp_path / "run" / "round_0" / "hf") if first["kept"] else policy)
   assert "| round | temperature | threshold |" in out.stdout
+
+
+@pytest.mark.slow
+def test_cosc_runlocal_runs_the_policys_programs_and_keeps_verified_traces(sft_workdir,
+                                                                            tmp_path):
+  """CoSC from the SFT policy: stage 1 fine-tunes it on the seed traces, stage 2 samples it
+  with the tool. The stage-1 policy's greedy traces show, after each program, what the sandbox
+  prints for it (the programs were run, not imagined); kept traces are right by the base task's
+  answer check and show real outputs too."""
+  config = cosc_arith.get_config("runlocal")
+  out = run_main("--config=configs/cosc_arith.py:runlocal",
+                 f"--config.sft.init_from={sft_workdir}/hf", workdir=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  base = tasks.get_task(config.task.name, **config.task.knobs)
+  problems = base.generate(config.task.num_train, seed=config.seed, split="train")
+  with open(tmp_path / "results.json") as f:
+    (row,) = json.load(f)["rounds"]
+  with open(tmp_path / "round_0" / "samples.json") as f:
+    data = json.load(f)
+  assert row["programs_per_sample"] > 0  # stage 2's samples called the tool
+  assert row["started_from"] == str(tmp_path / "sft" / "hf")  # restart="continue"
+  calls = re.compile(r"<code>\n(.*?)</code>\n<output>\n(.*?)\n</output>\n", re.S)
+
+  def check_outputs(text):
+    for program, output in calls.findall(text):
+      result = sandbox.run_python(program, 5.0, 256)
+      printed = result.stdout.strip() if result.ok else result.stderr.strip().splitlines()[-1]
+      assert printed == output[:config.task.code.max_output_chars]
+
+  for i, text, _ in data["kept"]:
+    assert tasks.parse_answer(text) == problems[i].answer
+    check_outputs(text)
+  policy = str(tmp_path / "sft" / "hf")
+  task = tasks.with_code(base, **config.task.code)
+  tok = tokenizers.load(policy)
+  cfg, params = models.load({"hf_path": policy}, jax.random.key(0))
+  greedy = sampling.generate_texts(
+      models.Model(cfg), params, tok, [task.prompt(p) for p in problems[:8]], jax.random.key(0),
+      sampling.sampling_config({"max_new_tokens": 96, "temperature": 0.0, "top_p": 1.0,
+                                "num_samples": 1}, tok), tool=task.tool)
+  assert sum(task.tool.calls(t[0]) for t in greedy) >= 4
+  for (text,) in greedy:
+    check_outputs(text)

@@ -89,3 +89,13 @@ def test_a_post_training_config_without_a_policy_source_is_refused():
     del config["sft"]
   with pytest.raises(ValueError, match="config.init_from is empty and the config has no nested"):
     stages.check_policy_source(config)
+
+
+def test_the_code_format_is_refused_by_programs_that_run_no_programs():
+  from configs import grpo_arith
+  from reasonjax import programs
+  config = grpo_arith.get_config("runlocal")
+  config.task.code = {"error_rate": 0.3}
+  with pytest.raises(ValueError, match=r"config.task.code: the grpo program samples without "
+                     r"running programs; the code format runs in \['dpo', 'expert_iteration'"):
+    programs.check_config(config)

@@ -145,3 +145,36 @@ def test_sample_chunks_pads_the_last_call_with_its_first_prompt(tiny, tok, shrin
       alone = sampling.sample(model, params, tokens[i:i + 1], lengths[i:i + 1],
                               jax.random.key(0), GREEDY)
       np.testing.assert_array_equal(out.tokens[row], np.asarray(alone.tokens[0]))
+
+
+def test_a_tool_call_stops_the_sample_runs_the_program_and_samples_on(monkeypatch):
+  """The tool loop with the sampler scripted by prompt text: each continuation is asked for
+  with the prompt, the text so far and the program's output, one row per sample, and the
+  generated tokens add up; after `max_calls` a program is left without output."""
+  from reasonjax.sampling import texts as texts_lib
+  from reasonjax.sampling.tools import PythonTool
+
+  tool = PythonTool(max_calls=2)
+  step = "<code>\nprint(6 * 7)\n</code>"
+  output = "\n<output>\n42\n</output>\n"
+  script = {"Q": ["#### 1", step],
+            "Q" + step + output: [step],
+            "Q" + step + output + step + output: [step]}
+  asked = []
+
+  def scripted(model, params, tokenizer, prompts, rng, config, batch_size, progress,
+               shrink=False):
+    asked.append((list(prompts), config.num_samples))
+    assert tuple(tokenizer.encode(tool.end)) in config.stop_sequences
+    out = [script[p][:config.num_samples] for p in prompts]
+    return out, np.asarray([[len(t) for t in row] for row in out], np.int32)
+
+  monkeypatch.setattr(texts_lib, "_generate", scripted)
+  tok = tokenizers.load("synthetic")
+  out, lengths = sampling.generate_texts(None, None, tok, ["Q"], jax.random.key(0),
+                                         Config(max_new_tokens=8, num_samples=2), tool=tool,
+                                         return_lengths=True)
+  assert out == [["#### 1", step + output + step + output + step]]
+  assert asked == [(["Q"], 2), (["Q" + step + output], 1),
+                   (["Q" + step + output + step + output], 1)]
+  assert lengths.tolist() == [[6, 3 * len(step)]]

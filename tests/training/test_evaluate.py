@@ -82,9 +82,10 @@ class FakeGenerate:
   def __init__(self):
     self.calls = []
 
-  def __call__(self, model, params, tokenizer, prompts, rng, config, *, batch_size, progress):
+  def __call__(self, model, params, tokenizer, prompts, rng, config, *, batch_size, progress,
+               tool):
     self.calls.append(dict(model=model, params=params, tokenizer=tokenizer, prompts=prompts,
-                           rng=rng, config=config, batch_size=batch_size))
+                           rng=rng, config=config, batch_size=batch_size, tool=tool))
     if config.num_samples == 1:
       return [[text] for text, _, _ in GREEDY]
     assert config.num_samples == N

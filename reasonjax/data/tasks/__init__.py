@@ -1,10 +1,12 @@
 """Tasks picked by name: synthetic step-structured tasks with per-step ground truth (`TASKS`),
-and GSM8K / MATH read from local JSONL files (`DATA_TASKS`, `tasks.jsonl`)."""
+and GSM8K / MATH read from local JSONL files (`DATA_TASKS`, `tasks.jsonl`); `with_code` puts a
+task in the format of programs run by a tool (`tasks.code`)."""
 
 import dataclasses
 from typing import Any
 
 from reasonjax.data.tasks.arithmetic import ArithmeticChains
+from reasonjax.data.tasks.code import WithCode, with_code
 from reasonjax.data.tasks.base import (ANSWER_PREFIX, Problem, StepCheck, Task, parse_answer,
                                        parse_steps, split_of)
 from reasonjax.data.tasks.countdown import Countdown
@@ -40,6 +42,6 @@ def get_task(name: str, **knobs: Any) -> Task:
 
 __all__ = [
     "ANSWER_PREFIX", "DATA_TASKS", "TASKS", "ArithmeticChains", "Countdown", "Gsm8k",
-    "JsonlTask", "Math", "Problem", "StepCheck", "Task", "WordProblems", "get_task",
-    "parse_answer", "parse_steps", "split_of",
+    "JsonlTask", "Math", "Problem", "StepCheck", "Task", "WithCode", "WordProblems", "get_task",
+    "parse_answer", "parse_steps", "split_of", "with_code",
 ]

@@ -110,6 +110,8 @@ class Task:
 
   name = "task"
   test_fraction = 0.2
+  # A `sampling.tools.PythonTool` the policy calls while it solves (the code format), or None.
+  tool = None
 
   def _sample(self, rng: np.random.Generator) -> Problem:
     raise NotImplementedError
