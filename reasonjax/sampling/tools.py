@@ -61,6 +61,10 @@ class PythonTool:
     else:
       lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
       text = lines[-1] if lines else f"the program exited with status {result.returncode}"
+    return self.output_block(text)
+
+  def output_block(self, text: str) -> str:
+    """A run's output as the model reads it (seed traces write theirs with it too)."""
     return f"{OUTPUT}{text[:self.max_output_chars]}\n</output>\n"
 
   def calls(self, text: str) -> int:

@@ -74,16 +74,22 @@ def render(lines: list[tuple[str, str, str]]) -> str:
   return "\n".join(body + [f"print(x{len(lines)})"])
 
 
+def _values(lines: list[tuple[str, str, str]]) -> list[int] | None:
+  """The value of each variable x1, x2, ... of `render(lines)`; None where it would raise."""
+  values: list[int] = []
+  for a, op, b in lines:
+    x, y = (values[int(t[1:]) - 1] if t.startswith("x") else int(t) for t in (a, b))
+    if op == "/" and y == 0:
+      return None
+    values.append(_APPLY[op](x, y))
+  return values
+
+
 def evaluate(lines: list[tuple[str, str, str]]) -> int | None:
   """What `render(lines)` prints, computed here (None where it would raise): the seed traces'
   outputs, with no program run."""
-  values: dict[str, int] = {}
-  for i, (a, op, b) in enumerate(lines, 1):
-    x, y = (values[t] if t.startswith("x") else int(t) for t in (a, b))
-    if op == "/" and y == 0:
-      return None
-    values[f"x{i}"] = _APPLY[op](x, y)
-  return values[f"x{len(lines)}"]
+  values = _values(lines)
+  return None if values is None else values[-1]
 
 
 def equations(program: str) -> list[str] | None:
@@ -97,8 +103,8 @@ def equations(program: str) -> list[str] | None:
   if [int(m.group(1)) for m in parsed] != list(range(1, len(steps) + 1)) or any(
       t.startswith("x") and int(t[1:]) > i for i, (a, _, b) in enumerate(steps) for t in (a, b)):
     return None  # Variables out of order, or read before they are set.
-  values = [evaluate(steps[:i]) for i in range(1, len(steps) + 1)]
-  if None in values:
+  values = _values(steps)
+  if values is None:
     return None
   value = lambda t: values[int(t[1:]) - 1] if t.startswith("x") else int(t)  # noqa: E731
   return [f"{value(a)} {op} {value(b)} = {c}" for (a, op, b), c in zip(steps, values)]
@@ -124,7 +130,7 @@ def corrupt(lines, rng: np.random.Generator) -> tuple[int, list[tuple[str, str, 
 
 def call(tool: PythonTool, program: str, output) -> str:
   """One tool call as the trace shows it: the program and its output block."""
-  return f"{tool.start}{program}\n{tool.end}\n<output>\n{output}\n</output>\n"
+  return f"{tool.start}{program}\n{tool.end}{tool.output_block(str(output))}"
 
 
 def trace(problem: Problem, tool: PythonTool, error_rate: float) -> str:
