@@ -38,6 +38,7 @@ setuptools.setup(
     extras_require={
         "test": [
             "pytest>=8,<10",
+            "pytest-xdist>=3.6,<4",  # the suite runs in 2 worker processes (pytest.ini)
             "scipy>=1.11,<2",  # chi-square quantiles for the sampling tests
             "nbclient>=0.10,<1",  # executes the colabs
             "nbformat>=5.9,<6",

@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import (b_star_arith, dapo_arith, dpo_arith, grpo_arith,  # noqa: E402
                      guide_grpo_arith, rest_em_arith, scl_arith, sft_arith, star_arith,
-                     step_dpo_arith, thinklite_arith, ttrl_arith)
+                     step_dpo_arith, thinklite_arith, thinktuning_arith, ttrl_arith)
 from reasonjax import programs  # noqa: E402
 from reasonjax.metrics import read_jsonl  # noqa: E402
 from reasonjax.programs import stages  # noqa: E402
@@ -50,6 +50,7 @@ METHODS = {
     "DAPO": (dapo_arith, None, "grpo"),
     "DAPO + length reward": (dapo_arith, "efficiency", "grpo"),
     "Guide-GRPO": (guide_grpo_arith, None, "grpo"),
+    "ThinkTuning": (thinktuning_arith, None, "grpo"),
     "ThinkLite selection": (thinklite_arith, None, "grpo"),
     "TTRL": (ttrl_arith, None, "grpo"),
     "EMPO": (ttrl_arith, "empo", "grpo"),
@@ -95,6 +96,8 @@ def method_config(name: str, task: str, start: str, seed: int, args):
   elif kind == "grpo":
     config.steps, config.checkpoint_every, config.eval_every = steps, steps, 0
     config.rollouts.update({"prompts": 8, "num_samples": 4})
+    if config.feedback.fraction:  # ThinkTuning's schedule: the first third of the budget
+      config.feedback.decay_iterations = max(1, steps // 3)
     if config.data_controls.overlong_cache:
       config.data_controls.overlong_cache = max(1, config.rollouts.max_new_tokens // 5)
     # TTRL/EMPO train on the evaluation's own problems; the others on the training split;

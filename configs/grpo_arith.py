@@ -26,6 +26,16 @@ import ml_collections
 
 from configs import common, sft_arith
 
+# A teacher's feedback on a wrong attempt, one of each of the paper's kinds of reflection
+# (critique, conflict, consultancy, agreement), written here from the reference answer, which
+# ThinkTuning's teacher model is shown.
+FEEDBACK_TEXTS = (
+    "\nWait, a step is wrong: the answer is {answer}. Let me redo it.\n",
+    "\nHmm, another way gives {answer}. Let me check.\n",
+    "\nAn expert gets {answer}. Where did I go wrong?\n",
+    "\nMy first steps look right, but the answer is {answer}.\n",
+)
+
 # Old key -> new key: reasonjax.main rewrites an override of the old key, with a warning.
 RENAMED = {"loss": "policy_loss"}
 
@@ -52,6 +62,15 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   # `below`, the last `samples` completions are sampled again with `hint` in the prompt.
   config.guidance = ml_collections.ConfigDict({
       "samples": 0, "below": 0.5, "hint": " (The answer is {answer}.)"})
+  # ThinkTuning's teacher feedback (configs/thinktuning_arith.py), off here (fraction 0): each
+  # completion scored below `below` gets, with probability `fraction` (going linearly to
+  # `final_fraction` over `decay_iterations`, 0: constant), one of `texts` (its {answer}
+  # filled in) appended, and the policy continues from there; `max_tokens` bounds the text and
+  # the continuation together. `shaping`: which feedback tokens the loss trains on, "positive"
+  # (those of completions with a positive advantage), "all" or "none".
+  config.feedback = ml_collections.ConfigDict({
+      "fraction": 0.0, "final_fraction": 0.0, "decay_iterations": 0, "below": 0.5,
+      "texts": FEEDBACK_TEXTS, "max_tokens": 96, "shaping": "positive"})
   # ThinkLite's data selection (configs/thinklite_arith.py), off here (simulations 0): the
   # training problems that step-level MCTS (num_children per expansion, simulations_per_round
   # leaves a round, rollout values) solves only after min_simulations or more.

@@ -15,13 +15,24 @@ import pytest  # noqa: E402
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def shared_dir(tmp_path_factory, name: str) -> str:
+  """A directory of the whole run: under pytest-xdist, the same for every worker (the parent of
+  the workers' own temporary directories); otherwise a fresh one."""
+  if os.environ.get("PYTEST_XDIST_WORKER") is None:
+    return str(tmp_path_factory.mktemp(name))
+  path = tmp_path_factory.getbasetemp().parent / name
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-  """One persistent XLA compilation cache for the session, in this process and in the
+  """One persistent XLA compilation cache for the run, in every pytest-xdist worker and in the
   `reasonjax.main` subprocesses: a program that several tests compile is compiled once. A fresh
-  directory, not the user's ~/.cache, so that a run does not depend on earlier ones."""
+  directory, not the user's ~/.cache, so that a run does not depend on earlier ones. (JAX falls
+  back to compiling when it reads an entry another process is still writing.)"""
   import jax
-  path = str(tmp_path_factory.mktemp("xla_cache"))
+  path = shared_dir(tmp_path_factory, "xla_cache")
   os.environ["JAX_COMPILATION_CACHE_DIR"] = path
   jax.config.update("jax_compilation_cache_dir", path)
   # Every program, not only those that took a second: the subprocess runs of the tests compile
@@ -46,12 +57,16 @@ def run_main(*flags, workdir, env=None, timeout=600) -> subprocess.CompletedProc
 @pytest.fixture(scope="session")
 def sft_workdir(tmp_path_factory):
   """A finished `sft_arith:runlocal` run (its export: `<workdir>/hf`), shared by the tests that
-  start from a policy. Run as a user runs it, on one CPU device (not the session's 8)."""
-  workdir = tmp_path_factory.mktemp("sft_arith")
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  out = run_main("--config=configs/sft_arith.py:runlocal", workdir=workdir, env=env)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return str(workdir)
+  start from a policy. Run as a user runs it, on one CPU device (not the session's 8), once for
+  all pytest-xdist workers: the first to get here trains it while the others wait on the lock."""
+  import filelock
+  workdir = os.path.join(shared_dir(tmp_path_factory, "sft_arith"), "run")
+  with filelock.FileLock(workdir + ".lock"):
+    if not os.path.exists(os.path.join(workdir, "hf", "config.json")):
+      env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+      out = run_main("--config=configs/sft_arith.py:runlocal", workdir=workdir, env=env)
+      assert out.returncode == 0, out.stderr[-3000:]
+  return workdir
 
 
 # Shapes not in any preset; initializer_range 0.2 gives logits of order 1-10, so that parity

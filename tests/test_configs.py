@@ -178,11 +178,11 @@ def test_grpo_recipes_runlocal(name, arg, sft_workdir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["guide_grpo_arith", "scl_arith"])
+@pytest.mark.parametrize("name", ["guide_grpo_arith", "scl_arith", "thinktuning_arith"])
 def test_recipe_runlocal_variants_run_two_steps(name, sft_workdir, tmp_path):
-  """Runlocal variants not run above (Guide-GRPO's own config, the self-correction pairs; TTRL
-  differs from the EMPO run above only in its reward weights), two steps each from the shared
-  SFT start: each logs its steps and exports its evaluation."""
+  """Runlocal variants not run above (Guide-GRPO's own config, the self-correction pairs,
+  ThinkTuning's feedback; TTRL differs from the EMPO run above only in its reward weights), two
+  steps each from the shared SFT start: each logs its steps and exports its evaluation."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = run_main(f"--config=configs/{name}.py:runlocal", f"--config.init_from={sft_workdir}/hf",
                  "--config.steps=2", "--config.checkpoint_every=2", "--config.log_every=1",
@@ -197,6 +197,14 @@ def test_recipe_runlocal_variants_run_two_steps(name, sft_workdir, tmp_path):
       pairs = [json.loads(line) for line in f]
     cue = "\nLet me check that again.\n"
     assert pairs and all(p["prompt"].endswith(cue) for p in pairs)
+  if name == "thinktuning_arith":
+    rows = _rows(tmp_path, "rollout_feedback_samples")
+    # The schedule (1 to 0 over the first 2 of runlocal's 8 iterations) and, at fraction 1,
+    # feedback for exactly the failed completions.
+    assert [r["rollout_feedback_fraction"] for r in rows] == [1.0, 0.5]
+    assert rows[0]["rollout_feedback_samples"] == pytest.approx(
+        1 - rows[0]["rollout_reward_correctness"], abs=1e-6)
+    assert rows[0]["rollout_feedback_tokens"] > 0
 
 
 @pytest.mark.slow

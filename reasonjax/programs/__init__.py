@@ -5,7 +5,7 @@ a program."""
 from collections.abc import Callable
 
 from reasonjax.programs import (dpo, expert_iteration, grpo, hrm, model_report, process_bench,
-                                reward_model, search, sft)
+                                reward_model, search, self_play, sft)
 from reasonjax.training import loop
 
 PROGRAMS: dict[str, Callable] = {
@@ -18,6 +18,7 @@ PROGRAMS: dict[str, Callable] = {
     "hrm": hrm.run,
     "expert_iteration": expert_iteration.run,
     "process_bench": process_bench.run,
+    "self_play": self_play.run,
 }
 
 
@@ -58,6 +59,7 @@ CHECKS: dict[str, Callable] = {
     "hrm": hrm.check_config,
     "expert_iteration": expert_iteration.check_config,
     "process_bench": process_bench.check_config,
+    "self_play": self_play.check_config,
 }
 
 __all__ = ["CHECKS", "PROGRAMS", "TOOLS", "check_config", "get"]

@@ -34,6 +34,10 @@ Guide-GRPO (`config.guidance`): in a group whose rewards are all below `guidance
 last `guidance.samples` completions are sampled again with the answer as a hint in the prompt and
 trained on under the plain prompt, with the hinted sampler's log-probs as the old policy (the
 importance weight of these off-policy samples; `Rollouts._guide`).
+ThinkTuning's teacher feedback (`config.feedback`): a failed completion gets, with a scheduled
+probability, a teacher's feedback appended, and the policy goes on from there; the loss takes
+the feedback tokens as the policy's own (ratio 1) and, with `shaping="positive"`, trains on them
+only where the completion's advantage is positive (`Rollouts._feedback`).
 ThinkLite's data selection (`config.data_selection`, `select_problems`): before training, each
 problem's difficulty is the MCTS simulations its tree needs to hold a right answer; GRPO then
 trains on the hard but solvable ones (`workdir/selection.json`).
@@ -71,6 +75,10 @@ from reasonjax.sampling import texts as sampling_texts
 from reasonjax.programs import stages
 from reasonjax.training import experiment, loop
 
+# Which feedback tokens the loss trains on (config.feedback.shaping): those of completions with
+# a positive advantage, all of them, or none.
+FEEDBACK_SHAPING = ("positive", "all", "none")
+
 # Fields of a rollout batch besides the rollout statistics, with their dtypes: each group's
 # prompt once ([B, P] and [B]), its samples prompt-major ([B * G, C] and [B * G]).
 BATCH_FIELDS = {"prompt_inputs": np.int32, "prompt_lengths": np.int32,
@@ -101,13 +109,18 @@ def grpo_loss(params, batch, rng, frozen, *, model, temperature: float, aggregat
   if frozen is not None:
     ref_logp = jax.lax.stop_gradient(tokens.token_logprobs(logits_of(frozen), completions))
   mask = batch["loss_mask"]
-  per_token, stats = policy.policy_loss(logp, batch["old_logp"], batch["advantages"], mask,
+  old_logp = batch["old_logp"]
+  if "feedback_mask" in batch:
+    # The teacher's tokens have no sampler log-prob: the ratio is 1 there, and the gradient
+    # that of A * log pi, as if the policy had written them.
+    old_logp = jnp.where(batch["feedback_mask"] > 0, jax.lax.stop_gradient(logp), old_logp)
+  per_token, stats = policy.policy_loss(logp, old_logp, batch["advantages"], mask,
                                         ref_logp=ref_logp, entropy=entropy, **loss_kwargs)
   value, weight = policy.aggregate(per_token, mask, aggregation, max_len=max_len)
   count = jnp.maximum(jnp.sum(mask), 1.0)
   mean = lambda x: jnp.sum(x * mask) / count
   # |logp - old_logp|: on an iteration's first update, the sampler-vs-trainer mismatch alone.
-  gap = jnp.abs(logp - batch["old_logp"]) * mask
+  gap = jnp.abs(logp - old_logp) * mask
   metrics = {"loss": value, "clip_low": mean(stats["clipped_low"]),
              "clip_high": mean(stats["clipped_high"]), "ratio": mean(stats["ratio"]),
              "entropy": mean(stats["entropy"]), "logprob_gap_mean": jnp.sum(gap) / count,
@@ -150,7 +163,7 @@ class Rollouts:
   def __init__(self, config, model, task: Task, tokenizer, problems, scorer):
     section = config.rollouts
     self.model, self.tokenizer, self.problems, self.task = model, tokenizer, problems, task
-    self.guidance = config.guidance
+    self.guidance, self.feedback = config.guidance, config.feedback
     self.scorer, self.seed = scorer, config.seed
     self.group, self.epochs, self.minibatches = (section.num_samples, config.epochs,
                                                  config.minibatches)
@@ -201,6 +214,11 @@ class Rollouts:
       output, rewards, metrics = self._guide(params, problems, output, texts, rewards, metrics,
                                              rng)
       generated += metrics["guided_tokens"]
+    marks = None
+    if feedback_on(self.feedback):
+      output, rewards, metrics, marks = self._feedback(params, prompt_batch, problems, output,
+                                                       rewards, metrics, rng)
+      generated += metrics["feedback_continued_tokens"]
     scored = np.asarray(rewards, np.float32)
     if self.controls.overlong_cache:
       penalty = scoring.overlong_penalty(output.lengths, self.sampling.max_new_tokens,
@@ -208,8 +226,8 @@ class Rollouts:
       rewards = rewards + self.controls.overlong_weight * penalty
       metrics["reward/overlong_penalty"] = float(penalty.mean())
     return {"batch": prompt_batch, "output": output, "rewards": np.asarray(rewards, np.float32),
-            "scored": scored, "metrics": metrics, "generated": generated, "sample_s": sample_s,
-            "score_s": time.perf_counter() - start}
+            "scored": scored, "marks": marks, "metrics": metrics, "generated": generated,
+            "sample_s": sample_s, "score_s": time.perf_counter() - start}
 
   def _guide(self, params, problems, output, texts, rewards, metrics, rng):
     """Guide-GRPO: in each group whose rewards are all below `guidance.below`, the last
@@ -247,6 +265,82 @@ class Rollouts:
     return output, rewards, metrics | {"guided_right": float(right.mean()),
                                        "guided_tokens": float(hinted.lengths.sum())}
 
+  def _feedback(self, params, prompt_batch, problems, output, rewards, metrics, rng):
+    """ThinkTuning: each completion scored below `feedback.below` gets, with probability
+    `feedback_fraction`, one of `feedback.texts` (its {answer} filled in) appended in place of
+    its EOS, and the policy continues from prompt + attempt + feedback; the feedback and the
+    continuation take `feedback.max_tokens` tokens at most. The groups that hold such rows are
+    scored again. Every row is padded to the completion width (`completion_width`). Returns
+    the output, rewards, metrics and marks float32 [N, width], 1 on the feedback tokens (whose
+    log-probs in the output are 0: the teacher wrote them)."""
+    fb, g = self.feedback, self.group
+    n, width = output.tokens.shape
+    pad = ((0, 0), (0, fb.max_tokens))
+    output = output.replace(
+        tokens=np.pad(output.tokens, pad, constant_values=self.tokenizer.pad_id),
+        logprobs=np.pad(output.logprobs, pad))
+    marks = np.zeros(output.tokens.shape, np.float32)
+    fraction = feedback_fraction(fb, self.iteration)
+    draw = np.random.default_rng(np.asarray(jax.random.key_data(jax.random.fold_in(rng, 17))))
+    chosen = np.flatnonzero((np.asarray(rewards) < fb.below) & (draw.random(n) < fraction))
+    kinds = draw.integers(len(fb.texts), size=n)
+    metrics = metrics | {"feedback_fraction": fraction, "feedback_samples": len(chosen) / n}
+    if not len(chosen):
+      return output, rewards, metrics | {"feedback_right": 0.0, "feedback_tokens": 0.0,
+                                         "feedback_continued_tokens": 0.0}, marks
+    attempts, notes, prefixes = [], [], []
+    for r in chosen:
+      b = r // g
+      end = output.lengths[r] - (output.finish_reason[r] == sampler_lib.EOS)
+      attempts.append(output.tokens[r, :end])
+      notes.append(np.asarray(self.tokenizer.encode(
+          fb.texts[kinds[r]].format(answer=problems[r].answer)), np.int32))
+      if len(notes[-1]) >= fb.max_tokens:
+        raise ValueError(f"config.feedback.texts[{kinds[r]}] takes {len(notes[-1])} tokens for "
+                         f"{problems[r].answer!r}: raise config.feedback.max_tokens="
+                         f"{fb.max_tokens}, which also bounds the continuation")
+      prompt = prompt_batch["prompt"][b][:prompt_batch["prompt_length"][b]]
+      prefixes.append(np.concatenate([prompt, attempts[-1], notes[-1]]))
+    # A fixed width and a power-of-two row count: few shapes for the sampler to compile.
+    rows = min(1 << (len(chosen) - 1).bit_length(), n)
+    prompt_width = prompt_batch["prompt"].shape[1] + width + fb.max_tokens
+    tokens = np.zeros((rows, prompt_width), np.int32)
+    for i, prefix in enumerate(prefixes):
+      tokens[i, :len(prefix)] = prefix
+    lengths = np.asarray([len(p) for p in prefixes] + [len(prefixes[0])] * (rows - len(chosen)),
+                         np.int32)
+    tokens[len(chosen):] = tokens[0]
+    more = sharding.to_host(sampler_lib.sample(
+        self.model, params, tokens, lengths, jax.random.fold_in(rng, 11),
+        self.sampling.replace(num_samples=1, max_new_tokens=fb.max_tokens)))
+    out = {k: np.array(getattr(output, k)) for k in ("tokens", "logprobs", "lengths",
+                                                     "finish_reason")}
+    continued = 0
+    for i, (r, attempt, note) in enumerate(zip(chosen, attempts, notes)):
+      keep = min(int(more.lengths[i]), fb.max_tokens - len(note))
+      a, f = len(attempt), len(note)
+      out["tokens"][r] = self.tokenizer.pad_id
+      out["tokens"][r, :a + f + keep] = np.concatenate([attempt, note, more.tokens[i, :keep]])
+      out["logprobs"][r, a:] = 0.0
+      out["logprobs"][r, a + f:a + f + keep] = more.logprobs[i, :keep]
+      out["lengths"][r] = a + f + keep
+      out["finish_reason"][r] = (more.finish_reason[i] if keep == more.lengths[i]
+                                 else sampler_lib.LENGTH)
+      marks[r, a:a + f] = 1.0
+      continued += keep
+    output = output.replace(**out)
+    groups = np.unique(chosen // g)
+    group_rows = (groups[:, None] * g + np.arange(g)).reshape(-1)
+    again, _ = _score_shared(self.scorer, [problems[r] for r in group_rows],
+                             sampling_texts.decode_rows(self.tokenizer, jax.tree.map(
+                                 lambda x: x[group_rows], output)), g)
+    rewards = np.asarray(rewards, np.float32).copy()
+    rewards[group_rows] = again
+    return output, rewards, metrics | {
+        "feedback_right": float(np.mean(rewards[chosen] >= fb.below)),
+        "feedback_tokens": float(sum(len(x) for x in notes)),
+        "feedback_continued_tokens": float(continued)}, marks
+
   def _iteration(self, params) -> list[dict[str, np.ndarray]]:
     """Samples, scores and splits one iteration's rollouts into epochs x minibatches. With
     dynamic sampling, groups whose scores are all equal are dropped and more prompt batches
@@ -277,6 +371,14 @@ class Rollouts:
     rewards = np.concatenate([d["rewards"][rows(g)] for d, g in parts])
     advantages = np.asarray(policy.group_advantages(rewards, self.group, **self.advantage))
     batch = rollout_batch(prompts, prompt_lengths, output, advantages)
+    if feedback_on(self.feedback):
+      marks = np.concatenate([d["marks"][rows(g)] for d, g in parts])
+      batch["feedback_mask"] = marks
+      if self.feedback.shaping != "all":
+        # Advantage-aware: the teacher's words are reinforced where they led somewhere better
+        # than the group did, never pushed down (the policy did not choose them).
+        drop = marks * (advantages[:, None] <= 0 if self.feedback.shaping == "positive" else 1)
+        batch["loss_mask"] = batch["loss_mask"] * (1 - drop)
     truncated = output.finish_reason == sampler_lib.LENGTH
     if self.controls.overlong_filter:
       batch["loss_mask"] = batch["loss_mask"] * ~truncated[:, None]
@@ -317,6 +419,26 @@ class Rollouts:
     self.iteration = state["iteration"]
     self.pending = [{k: np.asarray(v, np.dtype(dtype)) for k, (dtype, v) in b.items()}
                     for b in state["pending"]]
+
+
+def feedback_on(section) -> bool:
+  return section.fraction > 0 or section.final_fraction > 0
+
+
+def feedback_fraction(section, iteration: int) -> float:
+  """ThinkTuning's schedule: the probability that a failed completion gets feedback, going
+  linearly from `fraction` to `final_fraction` over `decay_iterations` (0: `fraction` always)."""
+  if not section.decay_iterations:
+    return float(section.fraction)
+  t = min(iteration / section.decay_iterations, 1.0)
+  return float(section.fraction + t * (section.final_fraction - section.fraction))
+
+
+def completion_width(config) -> int:
+  """The completion tokens of a rollout batch: rollouts.max_new_tokens, and feedback.max_tokens
+  more with ThinkTuning's feedback on."""
+  extra = config.feedback.max_tokens if feedback_on(config.feedback) else 0
+  return config.rollouts.max_new_tokens + extra
 
 
 def _set_rows(array: np.ndarray, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -394,6 +516,17 @@ def check_config(config) -> None:
                      f"rollouts.num_samples={section.num_samples} hinted samples per group")
   if guidance.samples and "{answer}" not in guidance.hint:
     raise ValueError(f"config.guidance.hint={guidance.hint!r} has no {{answer}} to fill in")
+  fb = config.feedback
+  if not (0 <= fb.fraction <= 1 and 0 <= fb.final_fraction <= 1 and fb.decay_iterations >= 0):
+    raise ValueError(f"config.feedback: fraction={fb.fraction} and final_fraction="
+                     f"{fb.final_fraction} must be probabilities in [0, 1] and decay_iterations="
+                     f"{fb.decay_iterations} >= 0")
+  if fb.shaping not in FEEDBACK_SHAPING:
+    raise ValueError(f"config.feedback.shaping={fb.shaping!r}; expected one of "
+                     f"{list(FEEDBACK_SHAPING)}")
+  if feedback_on(fb) and (not fb.texts or fb.max_tokens < 2):
+    raise ValueError(f"config.feedback: texts={tuple(fb.texts)} must hold at least one text and "
+                     f"max_tokens={fb.max_tokens} room for it and a continuation")
   selection = config.data_selection
   if selection.simulations < 0 or selection.min_simulations < 0:
     raise ValueError("config.data_selection.simulations and min_simulations must be >= 0 (0 "
@@ -498,7 +631,7 @@ def run(config, workdir: str) -> dict:
   rollouts = Rollouts(config, model, task, tokenizer, problems, scorer)
   loss_fn = functools.partial(grpo_loss, model=model, temperature=config.rollouts.temperature,
                               aggregation=config.aggregation,
-                              max_len=config.rollouts.max_new_tokens,
+                              max_len=completion_width(config),
                               loss_kwargs=policy_loss_kwargs(config),
                               share_prompt=config.share_prompt)
   steps_per_iteration = config.epochs * config.minibatches

@@ -146,12 +146,13 @@ class _ParityScorer:
     return np.asarray(rewards, np.float32), {"reward/correctness": 0.0}
 
 
-def _controlled(guidance=0, samples=2, **controls):
+def _controlled(guidance=0, samples=2, feedback=None, **controls):
   config = grpo_arith.get_config("runlocal")
   config.rollouts.update({"prompts": 4, "num_samples": samples, "max_new_tokens": 8})
   config.update({"minibatches": 1, "epochs": 1})
   config.data_controls.update(controls)
   config.guidance.samples = guidance
+  config.feedback.update(feedback or {})
   grpo.check_config(config)
   task = get_task("arithmetic", **config.task.knobs)
   problems = task.generate(12, seed=0)
@@ -194,6 +195,106 @@ def test_guidance_resamples_failed_groups_with_the_hint_under_the_plain_prompt()
     np.testing.assert_array_equal(mine[2:], tokens[group[0]])
     np.testing.assert_allclose(old[2:], logps[group[0]], rtol=1e-6)
   assert b["rollout_guided_groups"][0] == 1.0 and "rollout_guided_groups" not in a
+
+
+def test_feedback_schedule_goes_linearly_to_its_final_fraction():
+  section = grpo_arith.get_config("runlocal").feedback
+  section.update({"fraction": 0.5, "final_fraction": 0.1, "decay_iterations": 4})
+  for iteration, expected in [(0, 0.5), (1, 0.4), (2, 0.3), (4, 0.1), (10, 0.1)]:
+    assert grpo.feedback_fraction(section, iteration) == pytest.approx(expected)
+  section.decay_iterations = 0
+  assert grpo.feedback_fraction(section, 7) == 0.5
+
+
+@pytest.mark.parametrize("shaping", ["positive", "none"])
+def test_feedback_appends_the_teachers_text_and_the_policy_continues_from_it(shaping):
+  """The parity scorer's rewards are at most 1: with below=1.5 every completion fails and, at
+  fraction 1, gets feedback. Each row is then the unguided run's attempt without its EOS, a
+  feedback text with its problem's answer (0 as old_logp; in the loss per `shaping`), and a
+  continuation whose sampler log-probs are those the trainer computes for it given everything
+  before it (a continuation placed at the wrong offset would not match)."""
+  params = random_params(CFG, 0)
+  plain, problems = _controlled(samples=4)
+  fed, _ = _controlled(samples=4, feedback={"fraction": 1.0, "below": 1.5, "max_tokens": 96,
+                                            "shaping": shaping})
+  draws, _ = _controlled(samples=4)
+  indices = [int(i) for i in next(draws.prompts)["index"]]
+  a, b = plain.next_batch(params), fed.next_batch(params)
+  assert b["completion_inputs"].shape == (16, 8 + 96)
+  assert b["rollout_feedback_samples"][0] == 1.0 and "rollout_feedback_samples" not in a
+  tok = tokenizers.load("synthetic")
+  plain_prompts = [batching.prompt_example(tok, plain.task.prompt(problems[i]), i)["prompt"]
+                   for i in indices]
+  continued = 0
+  for r in range(16):
+    prompt = b["prompt_inputs"][r // 4]
+    group = [i for i, p in zip(indices, plain_prompts)
+             if np.array_equal(prompt[:len(p)], p) and not prompt[len(p):].any()]
+    assert len(group) == 1
+    length = int(a["loss_mask"][r].sum())
+    attempt = length - (a["completion_inputs"][r, length - 1] == tok.eos_id)
+    np.testing.assert_array_equal(b["completion_inputs"][r, :attempt],
+                                  a["completion_inputs"][r, :attempt])
+    np.testing.assert_array_equal(b["old_logp"][r, :attempt], a["old_logp"][r, :attempt])
+    marks = np.flatnonzero(b["feedback_mask"][r])
+    note = tok.decode(b["completion_inputs"][r, marks].tolist())
+    answer = problems[group[0]].answer
+    assert note in [t.format(answer=answer) for t in grpo_arith.FEEDBACK_TEXTS]
+    np.testing.assert_array_equal(marks, np.arange(attempt, attempt + len(marks)))
+    assert not b["old_logp"][r, marks].any()
+    trained = shaping == "positive" and b["advantages"][r] > 0
+    assert np.all(b["loss_mask"][r, marks] == trained)
+    continued += (b["loss_mask"][r, marks[-1] + 1:] > 0).sum()
+  assert continued > 0  # the policy wrote something after the feedback
+  # Every token the loss sees: the sampler's log-prob equals the trainer's given the row.
+  _, (_, metrics) = grpo.grpo_loss(
+      params, {k: jnp.asarray(v) for k, v in b.items()}, None, None, model=MODEL,
+      temperature=fed.sampling.temperature, aggregation="grpo", max_len=104, loss_kwargs={})
+  assert float(metrics["logprob_gap_max"]) < 2e-4
+
+
+def test_feedback_tokens_count_as_the_policys_own_in_the_loss():
+  """With feedback_mask, the loss and its gradient are those of the batch whose old_logp on the
+  marked tokens is the current policy's log-prob (ratio 1 there)."""
+  params = random_params(CFG, 0)
+  source, _ = _controlled(samples=4, feedback={"fraction": 1.0, "below": 1.5, "max_tokens": 96,
+                                               "shaping": "all"})
+  batch = {k: jnp.asarray(v) for k, v in source.next_batch(params).items()}
+  kwargs = dict(model=MODEL, temperature=1.0, aggregation="grpo", max_len=104,
+                loss_kwargs=dict(epsilon_low=0.2, epsilon_high=0.2))
+  logits = models.continuation_logits(MODEL, params, batch["prompt_inputs"],
+                                      batch["prompt_lengths"], batch["completion_inputs"])
+  logp = jnp.take_along_axis(jax.nn.log_softmax(logits.astype(jnp.float32)),
+                             batch["completion_inputs"][..., None], -1)[..., 0]
+  marks = batch.pop("feedback_mask")
+  # Off the marked tokens, an old policy away from the current one, so that clipping matters.
+  reference = batch | {"old_logp": jnp.where(marks > 0, logp, batch["old_logp"] - 0.3)}
+  marked = reference | {"old_logp": batch["old_logp"] - 0.3, "feedback_mask": marks}
+  loss = lambda p, b: grpo.grpo_loss(p, b, None, None, **kwargs)[0]  # noqa: E731
+  (want, want_grad), (got, got_grad) = (jax.value_and_grad(loss)(params, x)
+                                        for x in (reference, marked))
+  assert float(got) == pytest.approx(float(want), rel=1e-5)
+  for g, w in zip(jax.tree.leaves(got_grad), jax.tree.leaves(want_grad)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("update, message", [
+    ({"fraction": 1.5}, "config.feedback: fraction=1.5 and final_fraction=0.0 must be"),
+    ({"fraction": 0.5, "shaping": "negative"},
+     "config.feedback.shaping='negative'; expected one of ['positive', 'all', 'none']"),
+    ({"fraction": 0.5, "texts": ()}, "config.feedback: texts=() must hold at least one text"),
+])
+def test_check_config_rejects_bad_feedback_fields(update, message):
+  config = grpo_arith.get_config("runlocal")
+  config.feedback.update(update)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    grpo.check_config(config)
+
+
+def test_feedback_longer_than_its_budget_is_refused_by_name():
+  source, _ = _controlled(samples=4, feedback={"fraction": 1.0, "below": 1.5, "max_tokens": 8})
+  with pytest.raises(ValueError, match=r"config.feedback.texts\[\d\] takes \d+ tokens for"):
+    source.next_batch(random_params(CFG, 0))
 
 
 @pytest.mark.parametrize("rounds", [1, 2, 3])
