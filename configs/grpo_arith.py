@@ -50,8 +50,8 @@ def grpo(config: ml_collections.ConfigDict) -> None:
       "cutoff_fraction": 1.0})
   # Weights of rewards.scoring.REWARDS (all listed, so that any can be set from the command line).
   config.rewards = ml_collections.ConfigDict({
-      "correctness": 1.0, "format": 0.0, "brevity": 0.0, "self_consistency": 0.0,
-      "answer_frequency": 0.0, "group_length": 0.0})
+      "correctness": 1.0, "format": 0.0, "brevity": 0.0, "calibration": 0.0,
+      "self_consistency": 0.0, "answer_frequency": 0.0, "group_length": 0.0})
   # DAPO's data controls, all off here (configs/dapo_arith.py): dynamic_sampling samples more
   # prompt batches until rollouts.prompts groups have unequal rewards (at most
   # max_sampling_rounds batches; then zero-variance groups fill the rest); overlong_filter

@@ -208,6 +208,25 @@ def test_recipe_runlocal_variants_run_two_steps(name, sft_workdir, tmp_path):
 
 
 @pytest.mark.slow
+def test_structured_runlocal_tunes_the_format_then_rewards_it(sft_workdir, tmp_path):
+  """COAT: stage 1 fine-tunes the shared SFT start on meta-action seed traces; then two GRPO
+  iterations, whose samples are partly in the format (the format reward is `Task.well_formed`,
+  checked in tests/data/tasks/test_structured.py)."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  out = run_main("--config=configs/structured_arith.py:runlocal",
+                 f"--config.sft.init_from={sft_workdir}/hf", "--config.steps=2",
+                 "--config.checkpoint_every=2", "--config.log_every=1",
+                 "--config.eval.num_problems=8", workdir=tmp_path, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  stage1 = _rows(os.path.join(tmp_path, "sft"), "loss")
+  assert stage1[-1]["loss"] < stage1[0]["loss"] / 4
+  train = _rows(tmp_path, "rollout_reward_format")
+  assert [r["step"] for r in train] == [1, 2]
+  assert max(r["rollout_reward_format"] for r in train) > 0.1
+  assert all(r["rollout_reward_calibration"] == 0 for r in train)  # COAT states no confidence
+
+
+@pytest.mark.slow
 def test_search_arith_runlocal_runs_every_method_and_resumes(sft_workdir, tmp_path):
   page = os.path.join(tmp_path, "page.md")
   _run("search_arith", tmp_path, f"--config.init_from={sft_workdir}/hf",

@@ -2,14 +2,16 @@
   base        the `Game` interface over immutable states, and the bracketed-move reply parser
   tictactoe   TicTacToe, moves "[0]".."[8]"
   kuhn_poker  Kuhn poker (J < Q < K, ante 1, bet 1), moves "[check]", "[bet]", "[call]", "[fold]"
-  self_play   episodes of one policy playing both roles (`play`, `play_batch`) and
+  self_play   episodes of one policy playing both roles (`play`, `play_batch`) or against an
+              opponent that reads the state (`play_against`, `random_opponent`), and
               role-conditioned advantages (`role_advantages`)
 """
 
 from reasonjax.games import base, kuhn_poker, self_play, tictactoe
 from reasonjax.games.base import Game
 from reasonjax.games.kuhn_poker import KuhnPoker
-from reasonjax.games.self_play import (INVALID_RETURNS, Episode, Policy, Turn, play, play_batch,
+from reasonjax.games.self_play import (INVALID_RETURNS, Episode, Opponent, Policy, Turn, play,
+                                       play_against, play_batch, random_opponent,
                                        role_advantages)
 from reasonjax.games.tictactoe import TicTacToe
 
@@ -24,7 +26,7 @@ def make(name: str) -> Game:
 
 
 __all__ = [
-    "GAMES", "INVALID_RETURNS", "Episode", "Game", "KuhnPoker", "Policy", "TicTacToe", "Turn",
-    "base", "kuhn_poker", "make", "play", "play_batch", "role_advantages", "self_play",
-    "tictactoe",
+    "GAMES", "INVALID_RETURNS", "Episode", "Game", "KuhnPoker", "Opponent", "Policy", "TicTacToe",
+    "Turn", "base", "kuhn_poker", "make", "play", "play_against", "play_batch", "random_opponent",
+    "role_advantages", "self_play", "tictactoe",
 ]

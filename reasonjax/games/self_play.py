@@ -20,6 +20,8 @@ import numpy as np
 from reasonjax.games import base
 
 Policy = Callable[[list[str]], list[str]]
+# An opponent that reads the state: `opponent(state, rng) -> action` (a legal one).
+Opponent = Callable[[Any, np.random.Generator], str]
 
 # Returns (to the player who made the invalid move, to the other) by rule name. "loss" keeps the
 # game zero-sum; "forfeit" only punishes the offender (TextArena's scoring), so the opponent
@@ -59,8 +61,11 @@ def _invalid_returns(player: int, invalid: str) -> tuple[float, float]:
 
 
 def _play(game: base.Game, policy: Policy, rngs: Sequence[np.random.Generator], *,
-          max_turns: int | None, invalid: str) -> list[Episode]:
-  """Plays len(rngs) episodes in lock step: one `policy` call per step over the live ones."""
+          max_turns: int | None, invalid: str, opponent: Opponent | None = None,
+          seat: int = 0) -> list[Episode]:
+  """Plays len(rngs) episodes in lock step: one `policy` call per step over the live ones
+  where the policy moves (every one in self-play; those where `seat` is to move when
+  `opponent` plays the other seat, drawing from the episode's rng after the deal)."""
   _invalid_returns(0, invalid)  # Fail on a bad rule before any policy call.
   states = [game.initial_state(rng) for rng in rngs]
   turns: list[list[Turn]] = [[] for _ in rngs]
@@ -79,11 +84,17 @@ def _play(game: base.Game, policy: Policy, rngs: Sequence[np.random.Generator], 
   while live:
     players = [game.current_player(states[i]) for i in live]
     prompts = [game.observation(states[i], p) for i, p in zip(live, players)]
-    replies = list(policy(prompts))
-    if len(replies) != len(prompts):
-      raise ValueError(f"the policy gave {len(replies)} replies to {len(prompts)} prompts.")
+    asked = [k for k, p in enumerate(players) if opponent is None or p == seat]
+    replies = list(policy([prompts[k] for k in asked])) if asked else []
+    if len(replies) != len(asked):
+      raise ValueError(f"the policy gave {len(replies)} replies to {len(asked)} prompts.")
+    replies = dict(zip(asked, replies))
+    for k, i in enumerate(live):
+      if k not in replies:  # The opponent's move, written as a reply that names it.
+        replies[k] = f"[{opponent(states[i], rngs[i])}]"
     still = []
-    for i, player, prompt, reply in zip(live, players, prompts, replies):
+    for k, (i, player, prompt) in enumerate(zip(live, players, prompts)):
+      reply = replies[k]
       action = game.parse_action(states[i], reply)
       turns[i].append(Turn(player, prompt, reply, action))
       if action is None:
@@ -126,6 +137,25 @@ def play_batch(game: base.Game, policy: Policy, seeds: Sequence[int], *,
   Arguments as `play`."""
   rngs = [np.random.default_rng(s) for s in seeds]
   return _play(game, policy, rngs, max_turns=max_turns, invalid=invalid)
+
+
+def random_opponent(game: base.Game) -> Opponent:
+  """An opponent that takes a uniformly random legal action."""
+  return lambda state, rng: str(rng.choice(game.legal_actions(state)))
+
+
+def play_against(game: base.Game, policy: Policy, opponent: Opponent, seeds: Sequence[int], *,
+                 seat: int, max_turns: int | None = None, invalid: str = "loss"
+                 ) -> list[Episode]:
+  """len(seeds) episodes of `policy` in seat `seat` against `opponent` in the other, in lock
+  step: at each step one `policy` call for the episodes where it is to move. Episode i draws
+  its deal, then the opponent's moves, from np.random.default_rng(seeds[i]). Other arguments
+  as `play`; an invalid reply is scored by `invalid` whoever made it."""
+  if seat not in (0, 1):
+    raise ValueError(f"seat={seat}; expected 0 or 1")
+  rngs = [np.random.default_rng(s) for s in seeds]
+  return _play(game, policy, rngs, max_turns=max_turns, invalid=invalid, opponent=opponent,
+               seat=seat)
 
 
 def role_advantages(episodes: Sequence[Episode], baselines: dict[tuple[str, int], float], *,

@@ -18,7 +18,7 @@ an iteration takes as many steps as its turns fill (`epochs` passes over them).
 The starting policy is `config.init_from` (a Hugging Face folder) or the export of the nested SFT
 run `config.sft`. It is evaluated before training (`workdir/start_eval.json`), every `eval_every`
 steps and at the end against a uniformly random legal-move opponent, in both seats of every game
-(`versus_random`); `workdir/results.json` holds the start and final evaluations.
+(`games.self_play.play_against`); `workdir/results.json` holds the start and final evaluations.
 
 Per-step metrics ride in the batch (`rollout_*`, the numbers of the iteration the step trains
 on): per game the win rate of player 0, draw, invalid-move and truncation rates, mean turns and
@@ -247,61 +247,6 @@ def sampling_config(section, tokenizer, **overrides) -> sampler_lib.SamplingConf
   return sampler_lib.sampling_config(fields | {"num_samples": 1}, tokenizer, **overrides)
 
 
-def versus_random(game, text_policy, seeds: Sequence[int], *, seat: int,
-                  rng: np.random.Generator, max_turns: int | None = None,
-                  invalid: str = "loss") -> list[self_play.Episode]:
-  """len(seeds) episodes of `text_policy` in seat `seat` against a uniformly random legal-move
-  opponent, in lock step: each round, one policy call for the episodes where it is to move.
-
-  `play_batch`'s policy sees only text; the opponent needs each state's legal moves and the
-  mover, so this loop drives the game itself. The opponent never makes an invalid move; the
-  policy's invalid reply ends its episode under the `invalid` rule (`self_play.INVALID_RETURNS`),
-  and `max_turns` ends an unfinished one with returns (0, 0), as in `play_batch`.
-  """
-  mine, theirs = self_play.INVALID_RETURNS[invalid]
-  penalty = (mine, theirs) if seat == 0 else (theirs, mine)
-  states = [game.initial_state(np.random.default_rng(s)) for s in seeds]
-  turns: list[list[self_play.Turn]] = [[] for _ in seeds]
-  done: list[self_play.Episode | None] = [None] * len(seeds)
-
-  def finish(i, returns, invalid_player=None, truncated=False):
-    done[i] = self_play.Episode(game.name, tuple(turns[i]), tuple(map(float, returns)),
-                                invalid_player, truncated, states[i])
-
-  live = []
-  for i, state in enumerate(states):
-    if game.is_terminal(state):
-      finish(i, game.returns(state))
-    else:
-      live.append(i)
-  while live:
-    movers = [game.current_player(states[i]) for i in live]
-    ours = [i for i, p in zip(live, movers) if p == seat]
-    replies = text_policy([game.observation(states[i], seat) for i in ours]) if ours else []
-    replies = dict(zip(ours, replies))
-    still = []
-    for i, player in zip(live, movers):
-      if player == seat:
-        reply = replies[i]
-        action = game.parse_action(states[i], reply)
-      else:
-        action = str(rng.choice(game.legal_actions(states[i])))
-        reply = f"[{action}]"
-      turns[i].append(self_play.Turn(player, game.observation(states[i], player), reply, action))
-      if action is None:
-        finish(i, penalty, invalid_player=player)
-        continue
-      states[i] = game.apply(states[i], action)
-      if game.is_terminal(states[i]):
-        finish(i, game.returns(states[i]))
-      elif max_turns is not None and len(turns[i]) >= max_turns:
-        finish(i, (0.0, 0.0), truncated=True)
-      else:
-        still.append(i)
-    live = still
-  return done
-
-
 def outcome_rates(episodes: Sequence[self_play.Episode], seat: int) -> dict[str, float]:
   """Win, draw and loss rates of the player in `seat`, its invalid-move rate and mean return."""
   r = np.asarray([ep.returns for ep in episodes], np.float64)
@@ -314,9 +259,9 @@ def outcome_rates(episodes: Sequence[self_play.Episode], seat: int) -> dict[str,
 
 def evaluator(config, model, tokenizer):
   """`evaluate(params, rng) -> metrics`: per game and seat, `eval.episodes` episodes against a
-  uniformly random legal-move opponent (`versus_random`), the same deals and opponent moves at
-  every evaluation; keys f"{game}_seat{s}_{outcome}" and the seats' mean f"{game}_{outcome}".
-  None when eval.episodes is 0."""
+  uniformly random legal-move opponent (`games.self_play.play_against`), the same deals and
+  opponent moves at every evaluation; keys f"{game}_seat{s}_{outcome}" and the seats' mean
+  f"{game}_{outcome}". None when eval.episodes is 0."""
   section, play = config.eval, config.self_play
   if not section.episodes:
     return None
@@ -331,9 +276,9 @@ def evaluator(config, model, tokenizer):
         text_policy = TextPolicy(model, params, tokenizer, sampling, width=play.prompt_width,
                                  rows=section.episodes, rng=jax.random.fold_in(rng, 2 * g + seat),
                                  name=name)
-        episodes = versus_random(
-            game, text_policy, episode_seeds(config.seed, 1, g, seat, count=section.episodes),
-            seat=seat, rng=np.random.default_rng([config.seed, 2, g, seat]),
+        episodes = self_play.play_against(
+            game, text_policy, self_play.random_opponent(game),
+            episode_seeds(config.seed, 1, g, seat, count=section.episodes), seat=seat,
             max_turns=play.max_turns, invalid=play.invalid)
         seats.append(outcome_rates(episodes, seat))
         metrics |= {f"{name}_seat{seat}_{k}": v for k, v in seats[-1].items()}

@@ -4,9 +4,11 @@
     rewards, metrics = scorer(problems, completions, group_size=8)
 
 Per completion: `correctness` (1 if the verifier accepts the answer), `format` (1 if the text
-ends with exactly one answer line in the verifier's format), `brevity` (1 - chars / max_chars,
-clipped to [0, 1]). Per group of `group_size` samples of one problem: `self_consistency` (1 if
-the completion's answer is the group's majority answer: a pseudo-label when the gold answer is
+is in the verifier's format: for tasks, `Task.well_formed`, by default one answer line, the
+last), `brevity` (1 - chars / max_chars, clipped to [0, 1]), `calibration` (ReFIne's confidence
+reward, 1 - (c - correct)^2 for the text's stated "Confidence: k/10" c = k / 10; 0 without
+one). Per group of `group_size` samples of one problem: `self_consistency` (1 if the
+completion's answer is the group's majority answer: a pseudo-label when the gold answer is
 unknown, as in test-time RL), `answer_frequency` (the fraction of the group that gives the same
 answer: EMPO's semantic-entropy reward, answers as the meaning clusters) and `group_length` (Kimi
 k1.5's length reward, `group_length_rewards`). The reward is the weighted sum.
@@ -48,16 +50,12 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from reasonjax.data.tasks.base import ANSWER_PREFIX, Problem, Task, parse_answer
+from reasonjax.data.tasks.base import Problem, Task, ends_with_answer_line, parse_answer
+from reasonjax.data.tasks.structured import parse_confidence
 from reasonjax.rewards import math as rmath
 
-REWARDS = ("correctness", "format", "brevity", "self_consistency", "answer_frequency",
-           "group_length")
-
-
-def ends_with_answer_line(text: str) -> bool:
-  """Exactly one `####` answer line, and it is the last line."""
-  return text.count(ANSWER_PREFIX) == 1 and text.strip().split("\n")[-1].startswith(ANSWER_PREFIX)
+REWARDS = ("correctness", "format", "brevity", "calibration", "self_consistency",
+           "answer_frequency", "group_length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +71,7 @@ class TaskVerifier:
     return self.task.check_answer(problem, text)
 
   def well_formed(self, text: str) -> bool:
-    return ends_with_answer_line(text)
+    return self.task.well_formed(text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,9 +200,11 @@ def _grade(args, *, in_process: bool = False) -> tuple[dict[str, float], str | N
   verifier, problem, text, max_chars, timeout_s = args
 
   def score():
-    values = {"correctness": float(verifier.check(problem, text)),
-              "format": float(verifier.well_formed(text)),
-              "brevity": float(np.clip(1.0 - len(text) / max_chars, 0.0, 1.0))}
+    correct = float(verifier.check(problem, text))
+    confidence = parse_confidence(text)
+    values = {"correctness": correct, "format": float(verifier.well_formed(text)),
+              "brevity": float(np.clip(1.0 - len(text) / max_chars, 0.0, 1.0)),
+              "calibration": 0.0 if confidence is None else 1.0 - (confidence - correct) ** 2}
     return values, verifier.extract(text), None
 
   try:
@@ -491,7 +491,7 @@ class Scorer:
     graded = self._map([(self.verifier, p, c, self.max_chars, self.timeout_s)
                         for p, c in zip(problems, completions)])
     components = {name: np.asarray([g[0].get(name, 0.0) for g in graded], np.float32)
-                  for name in ("correctness", "format", "brevity")}
+                  for name in ("correctness", "format", "brevity", "calibration")}
     answers = [g[1] for g in graded]
     components["self_consistency"] = majority_rewards(answers, group_size)
     components["answer_frequency"] = answer_frequencies(answers, group_size)

@@ -24,10 +24,13 @@ HF_DIR = "hf"  # Where a finished run exports its parameters (a Hugging Face fol
 
 def task_and_tokenizer(config) -> tuple[tasks.Task, tokenizers.Tokenizer]:
   """The task named in `config.task` with its knobs (in the code format of `tasks.with_code`
-  with the knobs of `config.task.code`, when there is one), and `config.tokenizer`."""
+  with the knobs of `config.task.code`, or the structured format of `tasks.with_format` with
+  those of `config.task.format`, when there is one), and `config.tokenizer`."""
   task = tasks.get_task(config.task.name, **config.task.knobs)
   if config.task.get("code") is not None:
     task = tasks.with_code(task, **config.task.code)
+  if config.task.get("format") is not None:
+    task = tasks.with_format(task, **config.task.format)
   return task, tokenizers.load(config.tokenizer)
 
 

@@ -3,6 +3,7 @@ zero-sum and replays through the env, lock-step batches equal episodes played al
 role-conditioned advantages against a brute-force loop."""
 
 import copy
+import functools
 import re
 import zlib
 
@@ -181,3 +182,44 @@ def test_role_advantages_by_hand():
   # alpha = 0: the baseline is the batch mean, so each role's episode advantages sum to 0.
   _, new = self_play.role_advantages(episodes, {("g", 0): 0.5}, alpha=0.0)
   assert new == pytest.approx({("g", 0): 1 / 3, ("g", 1): -1 / 3})
+
+
+def _exact(game, state, seat):
+  """P(win), P(draw), P(loss) of `seat` when both players move uniformly at random."""
+  @functools.cache
+  def value(s):
+    if game.is_terminal(s):
+      r = game.returns(s)
+      mine, other = r[seat], r[1 - seat]
+      return np.array([mine > other, mine == other, mine < other], np.float64)
+    return np.mean([value(game.apply(s, a)) for a in game.legal_actions(s)], axis=0)
+  return value(state)
+
+
+@pytest.mark.parametrize("seat", [0, 1])
+def test_uniform_play_against_the_random_opponent_has_the_exact_outcome_probabilities(seat):
+  game = games.make("tictactoe")
+  n = 600
+  episodes = self_play.play_against(game, random_legal(seat), self_play.random_opponent(game),
+                                    list(range(n)), seat=seat)
+  r = np.asarray([ep.returns for ep in episodes])
+  rates = {"win": np.mean(r[:, seat] > r[:, 1 - seat]), "draw": np.mean(r[:, 0] == r[:, 1]),
+           "loss": np.mean(r[:, seat] < r[:, 1 - seat])}
+  for k, p in zip(("win", "draw", "loss"), _exact(game, game.initial_state(None), seat)):
+    assert rates[k] == pytest.approx(p, abs=4 * np.sqrt(p * (1 - p) / n)), k
+  # Every episode replays through the env, the policy in its seat and the opponent legal.
+  for ep in episodes:
+    assert ep.invalid is None
+    state = game.initial_state(None)
+    for turn in ep.turns:
+      assert turn.observation == game.observation(state, turn.player)
+      assert turn.action in game.legal_actions(state)
+      assert turn.reply.startswith("Let me think") == (turn.player == seat)
+      state = game.apply(state, turn.action)
+    assert game.is_terminal(state) and ep.returns == game.returns(state)
+
+
+def test_play_against_names_a_bad_seat():
+  game = games.make("tictactoe")
+  with pytest.raises(ValueError, match="seat=2; expected 0 or 1"):
+    self_play.play_against(game, garbage, self_play.random_opponent(game), [0], seat=2)

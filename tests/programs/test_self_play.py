@@ -7,7 +7,6 @@ import collections
 import functools
 import json
 import os
-import re
 import zlib
 
 import jax
@@ -187,7 +186,7 @@ def test_turn_rows_refuse_calls_that_are_not_the_turns():
   rng = np.random.default_rng(0)
 
   def policy(observations):  # a random legal move, or now and then none
-    out = [f"[{rng.choice(_legal_in(o))}]" if rng.random() > 0.15 else "pass"
+    out = [f"[{rng.choice(game.actions)}]" if rng.random() > 0.15 else "pass"
            for o in observations]
     calls.append({"observations": list(observations), "replies": out})
     return out
@@ -206,59 +205,12 @@ def test_turn_rows_refuse_calls_that_are_not_the_turns():
     program.turn_rows(episodes, calls)
 
 
-# ------------------------------------------------------------------ against a random opponent
-
-
-def _legal_in(prompt: str) -> list[str]:
-  line = re.search(r"^Legal moves: (.*)\.$", prompt, re.M).group(1)
-  return re.findall(r"\[([^\]]*)\]", line)
-
-
-def _uniform(seed):
-  rng = np.random.default_rng(seed)
-  return lambda prompts: [f"I pick [{rng.choice(_legal_in(p))}]" for p in prompts]
-
-
-def _exact(game, state, seat):
-  """P(win), P(draw), P(loss) of `seat` when both players move uniformly at random."""
-  @functools.cache
-  def value(s):
-    if game.is_terminal(s):
-      r = game.returns(s)
-      mine, other = r[seat], r[1 - seat]
-      return np.array([mine > other, mine == other, mine < other], np.float64)
-    return np.mean([value(game.apply(s, a)) for a in game.legal_actions(s)], axis=0)
-  return value(state)
-
-
-@pytest.mark.parametrize("seat", [0, 1])
-def test_uniform_play_against_random_has_the_exact_outcome_probabilities(seat):
-  game = games.make("tictactoe")
-  n = 600
-  episodes = program.versus_random(game, _uniform(seat), list(range(n)), seat=seat,
-                                   rng=np.random.default_rng(7))
-  rates = program.outcome_rates(episodes, seat)
-  exact = _exact(game, tictactoe.State(), seat)
-  for k, p in zip(("win", "draw", "loss"), exact):
-    assert rates[k] == pytest.approx(p, abs=4 * np.sqrt(p * (1 - p) / n)), k
-  assert rates["invalid"] == 0
-  # Every episode replays through the env, the policy in its seat and the opponent legal.
-  for seed, ep in zip(range(n), episodes):
-    state = game.initial_state(np.random.default_rng(seed))
-    for turn in ep.turns:
-      assert turn.observation == game.observation(state, turn.player)
-      assert turn.action in game.legal_actions(state)
-      assert turn.reply.startswith("I pick") == (turn.player == seat)
-      state = game.apply(state, turn.action)
-    assert game.is_terminal(state) and ep.returns == game.returns(state)
-
-
 @pytest.mark.parametrize("name", ["tictactoe", "kuhn_poker"])
 @pytest.mark.parametrize("seat", [0, 1])
 def test_a_policy_without_moves_loses_every_game_by_invalid_moves(name, seat):
   game = games.make(name)
-  episodes = program.versus_random(game, lambda p: ["no idea"] * len(p), list(range(20)),
-                                   seat=seat, rng=np.random.default_rng(0))
+  episodes = games.play_against(game, lambda p: ["no idea"] * len(p),
+                                games.random_opponent(game), list(range(20)), seat=seat)
   rates = program.outcome_rates(episodes, seat)
   assert rates == {"win": 0.0, "draw": 0.0, "loss": 1.0, "invalid": 1.0, "return": -1.0}
   for ep in episodes:  # the opponent moves first in seat 1, then the policy fails at once

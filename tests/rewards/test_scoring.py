@@ -42,6 +42,23 @@ def test_brevity_is_linear_in_length():
   np.testing.assert_allclose(rewards, [0.75, 0.0, 0.0])
 
 
+def test_calibration_and_a_structured_tasks_format():
+  """ReFIne's confidence reward 1 - (c - correct)^2 by hand, 0 without a stated confidence; the
+  format reward is the task's own check (`Task.well_formed`)."""
+  refine = tasks.with_format(TASK, style="refine")
+  problems = refine.generate(4, seed=0)
+  scorer = scoring.Scorer(scoring.TaskVerifier(refine), {"calibration": 1.0, "format": 0.5},
+                          num_workers=0)
+  seed = problems[0].solution  # right, "Confidence: 10/10", in the format
+  texts = [seed.replace("10/10", "7/10"), problems[1].solution.replace(
+               f"#### {problems[1].answer}", "#### 1000").replace("10/10", "7/10"),
+           problems[2].solution.replace("Confidence: 10/10", "Sure."),
+           TASK.generate(4, seed=0)[3].solution]  # plain: right, not in the format
+  rewards, metrics = scorer(problems, texts)
+  np.testing.assert_allclose(rewards, [1 - 0.3**2 + 0.5, 1 - 0.7**2 + 0.5, 0.0, 0.0], rtol=1e-6)
+  assert metrics["reward/format"] == 0.5
+
+
 def test_majority_rewards_by_hand():
   answers = ["3", "4", "3", None, None, None, "7", "8", "8", "7"]
   np.testing.assert_array_equal(scoring.majority_rewards(answers[:4], 4), [1, 0, 1, 0])
@@ -283,8 +300,10 @@ def test_a_bad_reward_costs_only_its_own_item(workers, bad, counted):
   other = {"errors": "timeouts", "timeouts": "errors"}[counted]
   assert metrics[f"reward/{counted}"] == 1 and metrics[f"reward/{other}"] == 0
   assert metrics["reward/correctness"] == 7 / 8
-  # One per-item limit at most (timeout_s, and the grace before a kill), not one per item.
-  limit = 3 * TIMEOUT_S if counted == "errors" else TIMEOUT_S + scoring._GRACE_S + 1.5
+  # One per-item limit at most (timeout_s, and the grace before a kill), not one per item. A
+  # dead worker's replacement re-imports the package: up to about 5 s when the suite's other
+  # worker loads both cores (measured 5.6 s with a third job beside them).
+  limit = 8 * TIMEOUT_S if counted == "errors" else TIMEOUT_S + scoring._GRACE_S + 1.5
   assert elapsed < limit, f"{elapsed:.1f} s"
 
 

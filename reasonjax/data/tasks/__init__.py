@@ -1,6 +1,7 @@
 """Tasks picked by name: synthetic step-structured tasks with per-step ground truth (`TASKS`),
 and GSM8K / MATH read from local JSONL files (`DATA_TASKS`, `tasks.jsonl`); `with_code` puts a
-task in the format of programs run by a tool (`tasks.code`)."""
+task in the format of programs run by a tool (`tasks.code`), `with_format` in a structured
+reasoning format (`tasks.structured`: Satori's meta-actions, ReFIne's tagged sections)."""
 
 import dataclasses
 from typing import Any
@@ -11,6 +12,7 @@ from reasonjax.data.tasks.base import (ANSWER_PREFIX, Problem, StepCheck, Task, 
                                        parse_steps, split_of)
 from reasonjax.data.tasks.countdown import Countdown
 from reasonjax.data.tasks.jsonl import Gsm8k, JsonlTask, Math
+from reasonjax.data.tasks.structured import WithFormat, with_format
 from reasonjax.data.tasks.word_problems import WordProblems
 
 TASKS: dict[str, type[Task]] = {
@@ -42,6 +44,6 @@ def get_task(name: str, **knobs: Any) -> Task:
 
 __all__ = [
     "ANSWER_PREFIX", "DATA_TASKS", "TASKS", "ArithmeticChains", "Countdown", "Gsm8k",
-    "JsonlTask", "Math", "Problem", "StepCheck", "Task", "WithCode", "WordProblems", "get_task",
-    "parse_answer", "parse_steps", "split_of", "with_code",
+    "JsonlTask", "Math", "Problem", "StepCheck", "Task", "WithCode", "WithFormat", "WordProblems",
+    "get_task", "parse_answer", "parse_steps", "split_of", "with_code", "with_format",
 ]

@@ -76,6 +76,11 @@ def parse_answer(text: str) -> str | None:
   return found[-1].strip() if found else None
 
 
+def ends_with_answer_line(text: str) -> bool:
+  """Exactly one `####` answer line, and it is the last line."""
+  return text.count(ANSWER_PREFIX) == 1 and text.strip().split("\n")[-1].startswith(ANSWER_PREFIX)
+
+
 def parse_equation(step: str) -> tuple[int, str, int, int] | None:
   """'12 * 3 = 36' -> (12, '*', 3, 36); None if the step is not such an equation."""
   match = EQUATION.match(step)
@@ -123,6 +128,10 @@ class Task:
     """The `####` answer of `text` equals the problem's answer."""
     answer = parse_answer(text)
     return answer is not None and answer.replace(",", "") == problem.answer
+
+  def well_formed(self, text: str) -> bool:
+    """Whether `text` is in the task's answer format (the `format` reward)."""
+    return ends_with_answer_line(text)
 
   def generate(self, num: int, *, seed: int = 0, split: str = "train") -> list[Problem]:
     """`num` distinct problems of `split`, the same for the same (seed, split, knobs)."""
