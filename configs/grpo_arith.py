@@ -71,6 +71,14 @@ def grpo(config: ml_collections.ConfigDict) -> None:
   config.feedback = ml_collections.ConfigDict({
       "fraction": 0.0, "final_fraction": 0.0, "decay_iterations": 0, "below": 0.5,
       "texts": FEEDBACK_TEXTS, "max_tokens": 96, "shaping": "positive"})
+  # Satori's restart and explore (configs/restart_grpo_arith.py), off here (fraction 0): from
+  # the second iteration on, `fraction` of each prompt batch's groups restart from a trajectory
+  # of an earlier iteration (the last `buffer` kept): the problem's prompt, its first k steps
+  # (k uniform in 1 .. steps - 1), and `cue` when it scored below `below`. Prompts are padded
+  # `max_prefix_tokens` wider (one compiled shape); a longer prefix keeps fewer whole steps.
+  config.restart = ml_collections.ConfigDict({
+      "fraction": 0.0, "buffer": 512, "below": 0.5, "cue": "Wait, let me check that step.\n",
+      "max_prefix_tokens": 64})
   # ThinkLite's data selection (configs/thinklite_arith.py), off here (simulations 0): the
   # training problems that step-level MCTS (num_children per expansion, simulations_per_round
   # leaves a round, rollout values) solves only after min_simulations or more.

@@ -107,6 +107,16 @@ def hf_checkpoint(request, tmp_path_factory):
   return request.param, str(path), model
 
 
+def assert_same_batches(a: dict, b: dict) -> None:
+  """Two host batches hold the same fields, dtypes and values (timings aside: they differ
+  between runs)."""
+  assert a.keys() == b.keys()
+  for k in a:
+    assert a[k].dtype == b[k].dtype, k
+    if not k.endswith(("seconds", "per_s")):
+      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 def right_padded_batch(vocab_size: int, lengths=(11, 7, 4), seed: int = 0):
   """tokens int32 [B, T] and attention_mask int32 [B, T] for rows of `lengths`."""
   rng = np.random.default_rng(seed)

@@ -178,11 +178,13 @@ def test_grpo_recipes_runlocal(name, arg, sft_workdir, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["guide_grpo_arith", "scl_arith", "thinktuning_arith"])
+@pytest.mark.parametrize("name", ["guide_grpo_arith", "scl_arith", "thinktuning_arith",
+                                  "restart_grpo_arith"])
 def test_recipe_runlocal_variants_run_two_steps(name, sft_workdir, tmp_path):
   """Runlocal variants not run above (Guide-GRPO's own config, the self-correction pairs,
-  ThinkTuning's feedback; TTRL differs from the EMPO run above only in its reward weights), two
-  steps each from the shared SFT start: each logs its steps and exports its evaluation."""
+  ThinkTuning's feedback, Satori's restarts; TTRL differs from the EMPO run above only in its
+  reward weights), two steps each from the shared SFT start: each logs its steps and exports its
+  evaluation."""
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
   out = run_main(f"--config=configs/{name}.py:runlocal", f"--config.init_from={sft_workdir}/hf",
                  "--config.steps=2", "--config.checkpoint_every=2", "--config.log_every=1",
@@ -205,6 +207,13 @@ def test_recipe_runlocal_variants_run_two_steps(name, sft_workdir, tmp_path):
     assert rows[0]["rollout_feedback_samples"] == pytest.approx(
         1 - rows[0]["rollout_reward_correctness"], abs=1e-6)
     assert rows[0]["rollout_feedback_tokens"] > 0
+  if name == "restart_grpo_arith":
+    rows = _rows(tmp_path, "rollout_restart_groups")
+    # No earlier trajectory to restart from in the first iteration; then up to half the groups
+    # (fewer only if few samples had 2 steps).
+    assert [r["step"] for r in rows] == [1, 2] and rows[0]["rollout_restart_groups"] == 0
+    assert 0 < rows[1]["rollout_restart_groups"] <= 0.5
+    assert all(0 <= r["rollout_restart_right"] <= 1 for r in rows)
 
 
 @pytest.mark.slow

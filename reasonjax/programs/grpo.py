@@ -38,6 +38,11 @@ ThinkTuning's teacher feedback (`config.feedback`): a failed completion gets, wi
 probability, a teacher's feedback appended, and the policy goes on from there; the loss takes
 the feedback tokens as the policy's own (ratio 1) and, with `shaping="positive"`, trains on them
 only where the completion's advantage is positive (`Rollouts._feedback`).
+Satori's restart and explore (`config.restart`): from the second iteration on, a share of each
+prompt batch's groups restart from the middle of an earlier iteration's trajectory (the first
+steps of a right or wrong solution, a reflection cue after a wrong one's), so that the policy
+practises continuing and correcting a solution; they are scored on prefix + completion
+(`Rollouts._restarts`).
 ThinkLite's data selection (`config.data_selection`, `select_problems`): before training, each
 problem's difficulty is the MCTS simulations its tree needs to hold a right answer; GRPO then
 trains on the hard but solvable ones (`workdir/selection.json`).
@@ -65,7 +70,7 @@ from jax.experimental import multihost_utils
 from reasonjax import distributed, models, sharding
 from reasonjax.data import batching
 from reasonjax.data.tasks import Task
-from reasonjax.data.tasks.base import SPLITS
+from reasonjax.data.tasks.base import SPLITS, parse_steps
 from reasonjax.losses import policy, tokens
 from reasonjax.rewards import reward_model as rm_reward, scoring
 from reasonjax.search import methods
@@ -156,14 +161,14 @@ class Rollouts:
 
   `scorer(problems, texts, group_size=...) -> (rewards [N], metrics)`: a `scoring.Scorer` or a
   `rewards.reward_model.RewardModelReward` (`make_scorer`). `get_state()` / `set_state()` save
-  and restore the prompt iterator, the iteration count and the untrained minibatches (a
-  JSON-able dict), so a resumed run trains on what it would have.
+  and restore the prompt iterator, the iteration count, the untrained minibatches and the
+  restart buffer (a JSON-able dict), so a resumed run trains on what it would have.
   """
 
   def __init__(self, config, model, task: Task, tokenizer, problems, scorer):
     section = config.rollouts
     self.model, self.tokenizer, self.problems, self.task = model, tokenizer, problems, task
-    self.guidance, self.feedback = config.guidance, config.feedback
+    self.guidance, self.feedback, self.restart = config.guidance, config.feedback, config.restart
     self.scorer, self.seed = scorer, config.seed
     self.group, self.epochs, self.minibatches = (section.num_samples, config.epochs,
                                                  config.minibatches)
@@ -179,6 +184,9 @@ class Rollouts:
                                     seed=config.seed)
     self.iteration = 0
     self.pending: list[dict[str, np.ndarray]] = []
+    # Restart buffer: [problem index, completion text, right] of earlier iterations' plain
+    # samples with 2 steps or more, oldest first.
+    self.buffer: list[list] = []
 
   def next_batch(self, params) -> dict[str, np.ndarray]:
     """This process's rows of the next minibatch (all of it in a single-process job)."""
@@ -194,8 +202,13 @@ class Rollouts:
 
   def _sample(self, params, attempt: int) -> dict:
     """One prompt batch sampled and scored: the batch, its host `output`, rewards [N] (with
-    the overlong penalty), the reward metrics and timings."""
+    the overlong penalty), the reward metrics and timings, which groups restarted (bool [B];
+    None without restarts), and the texts and rewards [N] as first graded, before guidance and
+    feedback (the restart buffer's candidates)."""
     prompt_batch = next(self.prompts)
+    leads, restarted = [""] * len(prompt_batch["index"]), None
+    if restart_on(self.restart):
+      prompt_batch, leads, restarted = self._restarts(prompt_batch, attempt)
     key = jax.random.fold_in(jax.random.key(self.seed + 3), self.iteration)
     rng = key if attempt == 0 else jax.random.fold_in(key, 1000 + attempt)
     start = time.perf_counter()
@@ -207,17 +220,21 @@ class Rollouts:
     sample_s = time.perf_counter() - start
     problems = [self.problems[int(i)] for i in prompt_batch["index"] for _ in range(self.group)]
     texts = sampling_texts.decode_rows(self.tokenizer, output)
+    # A restarted sample is graded as the whole solution: its group's prefix, then itself.
+    leads = [lead for lead in leads for _ in range(self.group)]
+    texts = [lead + text for lead, text in zip(leads, texts)]
     start = time.perf_counter()
     rewards, metrics = _score_shared(self.scorer, problems, texts, self.group)
+    first = (texts, np.asarray(rewards, np.float32))
     generated = float(output.lengths.sum())
     if self.guidance.samples:
       output, rewards, metrics = self._guide(params, problems, output, texts, rewards, metrics,
-                                             rng)
+                                             rng, restarted)
       generated += metrics["guided_tokens"]
     marks = None
     if feedback_on(self.feedback):
       output, rewards, metrics, marks = self._feedback(params, prompt_batch, problems, output,
-                                                       rewards, metrics, rng)
+                                                       rewards, metrics, rng, leads)
       generated += metrics["feedback_continued_tokens"]
     scored = np.asarray(rewards, np.float32)
     if self.controls.overlong_cache:
@@ -227,17 +244,71 @@ class Rollouts:
       metrics["reward/overlong_penalty"] = float(penalty.mean())
     return {"batch": prompt_batch, "output": output, "rewards": np.asarray(rewards, np.float32),
             "scored": scored, "marks": marks, "metrics": metrics, "generated": generated,
-            "sample_s": sample_s, "score_s": time.perf_counter() - start}
+            "restarted": restarted, "first": first, "sample_s": sample_s,
+            "score_s": time.perf_counter() - start}
 
-  def _guide(self, params, problems, output, texts, rewards, metrics, rng):
-    """Guide-GRPO: in each group whose rewards are all below `guidance.below`, the last
-    `guidance.samples` completions are replaced by ones sampled with the hint in the prompt,
-    and the group is scored again. The batch keeps the plain prompt and the hinted sampler's
-    log-probs as old_logp, so the loss's ratio pi(o | q) / pi_old(o | q, hint) is the
-    importance weight that corrects for the hinted (off-policy) samples. Returns the output,
-    rewards and metrics (guided_groups, guided_right, guided_tokens) with those groups'."""
+  def _restarts(self, prompt_batch, attempt: int):
+    """Satori's restart and explore: the last round(restart.fraction * B) (at least 1) groups
+    of the prompt batch are replaced by restarts from distinct buffered trajectories, drawn
+    from config.seed, the iteration and the draw. A restart's prompt is its problem's prompt +
+    the first k of the trajectory's s steps (k uniform in 1 .. s - 1, each step followed by the
+    tokenizer's step delimiter) + `restart.cue` if it was wrong; k shrinks until the prompt
+    fits the padded width, plain width + `max_prefix_tokens` (a trajectory whose first step
+    does not fit leaves its group plain). Returns the batch (prompt int32 [B, P + X],
+    prompt_length [B], index [B]), each group's prefix text (its lead, "" for a plain group)
+    and which groups restarted, bool [B]."""
+    section, delimiter = self.restart, self.tokenizer.step_delimiter
+    b = len(prompt_batch["index"])
+    prompts = np.pad(prompt_batch["prompt"], ((0, 0), (0, section.max_prefix_tokens)))
+    lengths = np.array(prompt_batch["prompt_length"], np.int32)
+    index = np.array(prompt_batch["index"], np.int32)
+    leads, restarted = [""] * b, np.zeros(b, bool)
+    count = min(max(1, round(section.fraction * b)), len(self.buffer))
+    draw = np.random.default_rng([self.seed, self.iteration, attempt, 23])
+    picks = draw.choice(len(self.buffer), size=count, replace=False)
+    for slot, pick in zip(range(b - count, b), picks):
+      problem, text, right = self.buffer[pick]
+      steps = parse_steps(text, delimiter)
+      drawn = int(draw.integers(1, len(steps)))  # buffered trajectories have 2 steps or more
+      for k in range(drawn, 0, -1):
+        lead = "".join(s + delimiter for s in steps[:k]) + ("" if right else section.cue)
+        ids = batching.prompt_example(
+            self.tokenizer, self.task.prompt(self.problems[problem]) + lead, problem)["prompt"]
+        if len(ids) <= prompts.shape[1]:
+          prompts[slot] = 0
+          prompts[slot, :len(ids)] = ids
+          lengths[slot], index[slot], leads[slot], restarted[slot] = len(ids), problem, lead, True
+          break
+    return {"prompt": prompts, "prompt_length": lengths, "index": index}, leads, restarted
+
+  def _remember(self, draw: dict, groups: np.ndarray) -> None:
+    """Appends the plain samples of a draw's trained `groups` with 2 steps or more to the
+    restart buffer, as first sampled and scored (before guidance or feedback), right when
+    scored at least `restart.below`; the oldest beyond `restart.buffer` are dropped."""
+    texts, scores = draw["first"]
+    delimiter = self.tokenizer.step_delimiter
+    for j in groups:
+      if draw["restarted"][j]:
+        continue
+      for r in range(j * self.group, (j + 1) * self.group):
+        if len(parse_steps(texts[r], delimiter)) >= 2:
+          self.buffer.append([int(draw["batch"]["index"][j]), texts[r],
+                              bool(scores[r] >= self.restart.below)])
+    del self.buffer[:max(0, len(self.buffer) - self.restart.buffer)]
+
+  def _guide(self, params, problems, output, texts, rewards, metrics, rng, restarted=None):
+    """Guide-GRPO: in each group whose rewards are all below `guidance.below` (a plain group:
+    not one of the `restarted` [B]), the last `guidance.samples` completions are replaced by
+    ones sampled with the hint in the prompt, and the group is scored again. The batch keeps
+    the plain prompt and the hinted sampler's log-probs as old_logp, so the loss's ratio
+    pi(o | q) / pi_old(o | q, hint) is the importance weight that corrects for the hinted
+    (off-policy) samples. Returns the output, rewards and metrics (guided_groups, guided_right,
+    guided_tokens) with those groups'."""
     g, h = self.group, self.guidance.samples
-    failed = np.flatnonzero(np.asarray(rewards).reshape(-1, g).max(1) < self.guidance.below)
+    failed = np.asarray(rewards).reshape(-1, g).max(1) < self.guidance.below
+    if restarted is not None:
+      failed &= ~restarted  # the hint goes with the plain prompt: it would drop the prefix
+    failed = np.flatnonzero(failed)
     metrics = metrics | {"guided_groups": len(failed) / (len(rewards) // g)}
     if not len(failed):
       return output, rewards, metrics | {"guided_right": 0.0, "guided_tokens": 0.0}
@@ -265,14 +336,15 @@ class Rollouts:
     return output, rewards, metrics | {"guided_right": float(right.mean()),
                                        "guided_tokens": float(hinted.lengths.sum())}
 
-  def _feedback(self, params, prompt_batch, problems, output, rewards, metrics, rng):
+  def _feedback(self, params, prompt_batch, problems, output, rewards, metrics, rng, leads):
     """ThinkTuning: each completion scored below `feedback.below` gets, with probability
     `feedback_fraction`, one of `feedback.texts` (its {answer} filled in) appended in place of
     its EOS, and the policy continues from prompt + attempt + feedback; the feedback and the
     continuation take `feedback.max_tokens` tokens at most. The groups that hold such rows are
     scored again. Every row is padded to the completion width (`completion_width`). Returns
     the output, rewards, metrics and marks float32 [N, width], 1 on the feedback tokens (whose
-    log-probs in the output are 0: the teacher wrote them)."""
+    log-probs in the output are 0: the teacher wrote them). `leads` [N]: the text before each
+    row's completion that its score reads too (a restart's prefix)."""
     fb, g = self.feedback, self.group
     n, width = output.tokens.shape
     pad = ((0, 0), (0, fb.max_tokens))
@@ -331,9 +403,10 @@ class Rollouts:
     output = output.replace(**out)
     groups = np.unique(chosen // g)
     group_rows = (groups[:, None] * g + np.arange(g)).reshape(-1)
+    texts = sampling_texts.decode_rows(self.tokenizer,
+                                       jax.tree.map(lambda x: x[group_rows], output))
     again, _ = _score_shared(self.scorer, [problems[r] for r in group_rows],
-                             sampling_texts.decode_rows(self.tokenizer, jax.tree.map(
-                                 lambda x: x[group_rows], output)), g)
+                             [leads[r] + t for r, t in zip(group_rows, texts)], g)
     rewards = np.asarray(rewards, np.float32).copy()
     rewards[group_rows] = again
     return output, rewards, metrics | {
@@ -395,6 +468,14 @@ class Rollouts:
              "sample_tokens_per_s": generated / sample_s, "sample_seconds": sample_s,
              "score_seconds": sum(d["score_s"] for d in draws), "iteration": self.iteration,
              **{k.replace("/", "_"): v for k, v in reward_metrics.items()}}
+    if restart_on(self.restart):
+      restarted = np.concatenate([d["restarted"][g] for d, g in parts])
+      scored = np.concatenate([d["scored"][rows(g)] for d, g in parts]).reshape(-1, self.group)
+      stats["restart_groups"] = restarted.mean()
+      stats["restart_right"] = (np.mean(scored[restarted] >= self.restart.below)
+                                if restarted.any() else 0.0)
+      for d, g in parts:
+        self._remember(d, g)
     n = len(rewards)
     batch |= {f"rollout_{k}": np.full(n, v, np.float32) for k, v in stats.items()}
     self.iteration += 1
@@ -412,13 +493,19 @@ class Rollouts:
   def get_state(self) -> dict:
     return {"prompts": self.prompts.get_state(), "iteration": self.iteration,
             "pending": [{k: [v.dtype.str, v.tolist()] for k, v in b.items()}
-                        for b in self.pending]}
+                        for b in self.pending], "buffer": self.buffer}
 
   def set_state(self, state: dict) -> None:
     self.prompts.set_state(state["prompts"])
     self.iteration = state["iteration"]
     self.pending = [{k: np.asarray(v, np.dtype(dtype)) for k, (dtype, v) in b.items()}
                     for b in state["pending"]]
+    # A checkpoint written before restarts existed has no buffer: an empty one.
+    self.buffer = [list(x) for x in state.get("buffer", [])]
+
+
+def restart_on(section) -> bool:
+  return section.fraction > 0
 
 
 def feedback_on(section) -> bool:
@@ -527,6 +614,16 @@ def check_config(config) -> None:
   if feedback_on(fb) and (not fb.texts or fb.max_tokens < 2):
     raise ValueError(f"config.feedback: texts={tuple(fb.texts)} must hold at least one text and "
                      f"max_tokens={fb.max_tokens} room for it and a continuation")
+  restart = config.restart
+  if not 0 <= restart.fraction <= 1:
+    raise ValueError(f"config.restart.fraction={restart.fraction}: expected a share in [0, 1] of "
+                     "each prompt batch's groups (0: off)")
+  if restart_on(restart) and restart.buffer < 1:
+    raise ValueError(f"config.restart.buffer={restart.buffer}: expected >= 1 earlier "
+                     "trajectories kept to restart from")
+  if restart_on(restart) and restart.max_prefix_tokens < 1:
+    raise ValueError(f"config.restart.max_prefix_tokens={restart.max_prefix_tokens}: expected "
+                     ">= 1 tokens of room for a restart's prefix and cue")
   selection = config.data_selection
   if selection.simulations < 0 or selection.min_simulations < 0:
     raise ValueError("config.data_selection.simulations and min_simulations must be >= 0 (0 "

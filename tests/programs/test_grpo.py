@@ -1,6 +1,7 @@
 """The GRPO trainer's parts: rollout rows against a brute-force layout, the sampler's log-probs
-against the trainer's (the train/inference mismatch), the rollout source's exact resume, and
-rewards from a reward model: its config checks and a short run."""
+against the trainer's (the train/inference mismatch), the rollout source's exact resume, its
+guidance, feedback and restarts, and rewards from a reward model: its config checks and a short
+run."""
 
 import json
 import os
@@ -21,7 +22,7 @@ from reasonjax.rewards import reward_model, scoring
 from reasonjax.sampling import sampler as sampler_lib
 from reasonjax.programs import grpo
 from reasonjax.search import scorers
-from tests.conftest import random_params, run_main
+from tests.conftest import assert_same_batches, random_params, run_main
 
 CFG = models.preset("tiny", vocab_size=512, num_layers=2, hidden_size=64, intermediate_size=128,
                     num_heads=4, num_kv_heads=2, head_dim=16)
@@ -124,12 +125,7 @@ def test_rollouts_split_iterations_and_resume_exactly(rewards):
   resumed = _rollouts(rewards=rewards)
   resumed.set_state(state)
   for _ in range(5):  # the rest of iteration 0, then iteration 1 sampled afresh
-    a, b = source.next_batch(params), resumed.next_batch(params)
-    assert a.keys() == b.keys()
-    for k in a:
-      assert a[k].dtype == b[k].dtype
-      if not k.endswith(("seconds", "per_s")):  # timings differ between runs
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_batches(source.next_batch(params), resumed.next_batch(params))
   assert source.iteration == resumed.iteration == 2
 
 
@@ -146,18 +142,32 @@ class _ParityScorer:
     return np.asarray(rewards, np.float32), {"reward/correctness": 0.0}
 
 
-def _controlled(guidance=0, samples=2, feedback=None, **controls):
+class _RecordingScorer(_ParityScorer):
+  """The parity scorer, keeping what each call graded: [(problem number, text)]."""
+
+  def __init__(self, problems):
+    super().__init__(problems)
+    self.graded = []
+
+  def __call__(self, problems, texts, *, group_size):
+    self.graded.append([(self.index[p.question], t) for p, t in zip(problems, texts)])
+    return super().__call__(problems, texts, group_size=group_size)
+
+
+def _controlled(guidance=0, samples=2, feedback=None, restart=None, minibatches=1,
+                scorer=_ParityScorer, **controls):
   config = grpo_arith.get_config("runlocal")
   config.rollouts.update({"prompts": 4, "num_samples": samples, "max_new_tokens": 8})
-  config.update({"minibatches": 1, "epochs": 1})
+  config.update({"minibatches": minibatches, "epochs": 1})
   config.data_controls.update(controls)
   config.guidance.samples = guidance
   config.feedback.update(feedback or {})
+  config.restart.update(restart or {})
   grpo.check_config(config)
   task = get_task("arithmetic", **config.task.knobs)
   problems = task.generate(12, seed=0)
   source = grpo.Rollouts(config, MODEL, task, tokenizers.load("synthetic"), problems,
-                         _ParityScorer(problems))
+                         scorer(problems))
   return source, problems
 
 
@@ -297,6 +307,167 @@ def test_feedback_longer_than_its_budget_is_refused_by_name():
     source.next_batch(random_params(CFG, 0))
 
 
+# Earlier trajectories to restart from, [problem number, text, right], as the buffer keeps them
+# (the runlocal task's problems 0-11 have 1 or 2 steps; a policy may write more). A wrong one
+# takes the cue (22 tokens) after its prefix; each step takes 8-10 tokens; the first step of
+# the last does not fit 40 tokens with the cue.
+BUFFER = [[0, "8 - 3 = 5\n5 + 1 = 6\n#### 6", True],
+          [1, "1 + 8 = 9\n9 - 0 = 9\n9 + 0 = 9\n#### 9", True],
+          [3, "5 - 2 = 4\n4 - 1 = 3\n3 + 0 = 3\n3 + 1 = 4\n#### 4", False],
+          [7, "5 + 7 = 12\n12 - 6 = 6\n6 + 1 = 7\n7 + 1 = 8\n8 - 2 = 6\n6 - 1 = 5\n#### 5",
+           False],
+          [9, "6 - 5 = 1\n1 + 3 = 5\n#### 5", False],
+          [11, "5 + 3 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 + 1 = 8\n8 = 8\n#### 8", False]]
+RESTART = {"fraction": 0.75, "max_prefix_tokens": 40}
+
+
+def _with_buffer(source, buffer):
+  state = source.get_state()
+  source.set_state(state | {"buffer": json.loads(json.dumps(buffer))})
+
+
+def _expected_prompts(source, problems, indices, buffer, iteration, width):
+  """Brute force, the draws replicated as the rollouts make them (from config.seed, the
+  iteration and the draw, 23): each slot's (problem, prompt text, lead, (k, drawn k, right)
+  for a restart). The steps: the lines before the answer line."""
+  tok, task, cue = tokenizers.load("synthetic"), source.task, source.restart.cue
+  out = [(i, task.prompt(problems[i]), "", None) for i in indices]
+  count = min(max(1, round(source.restart.fraction * len(indices))), len(buffer))
+  draw = np.random.default_rng([source.seed, iteration, 0, 23])
+  picks = draw.choice(len(buffer), size=count, replace=False)
+  for slot, pick in zip(range(len(indices) - count, len(indices)), picks):
+    i, text, right = buffer[pick]
+    steps = text.split("\n#### ")[0].split("\n")
+    drawn = int(draw.integers(1, len(steps)))
+    for k in range(drawn, 0, -1):
+      lead = "".join(step + "\n" for step in steps[:k]) + ("" if right else cue)
+      prompt = task.prompt(problems[i]) + lead
+      if len(tok.encode(prompt, add_bos=True)) <= width:
+        out[slot] = (i, prompt, lead, (k, drawn, right))
+        break
+  return out
+
+
+@pytest.mark.parametrize("feedback", [False, True], ids=["plain", "feedback"])
+def test_restarts_continue_a_buffered_prefix_and_are_scored_on_the_whole_solution(feedback):
+  """Iteration 0 has no buffer: plain groups, prompts already padded to the plain width + 40.
+  Then, from a given buffer, 3 of each iteration's 4 groups restart: each group's prompt,
+  decoded, is its problem's prompt + the first k steps of a buffered trajectory (+ the cue when
+  it was wrong), k the drawn one or, where that does not fit, the most that do; its samples are
+  scored on prefix + completion; the sampler's log-probs equal the trainer's under the longer
+  prompt (with feedback too, whose continuation goes on from restart prompt + attempt +
+  feedback)."""
+  params = random_params(CFG, 0)
+  fb = {"fraction": 1.0, "below": 1.5, "max_tokens": 96} if feedback else None
+  source, problems = _controlled(samples=4, restart=RESTART, feedback=fb,
+                                 scorer=_RecordingScorer)
+  draws, _ = _controlled()
+  tok, task = tokenizers.load("synthetic"), source.task
+  width = max(len(batching.prompt_example(tok, task.prompt(p), 0)["prompt"])
+              for p in problems) + 40
+  seen = []
+  for iteration in range(3):
+    indices = [int(i) for i in next(draws.prompts)["index"]]
+    buffer = [list(x) for x in source.buffer]
+    expected = _expected_prompts(source, problems, indices, buffer, iteration, width)
+    batch = source.next_batch(params)
+    assert batch["prompt_inputs"].shape == (4, width)
+    # Each group of the (shuffled) batch: its decoded prompt, right-padded with zeros.
+    decoded = []
+    for row, length in zip(batch["prompt_inputs"], batch["prompt_lengths"]):
+      assert not row[length:].any()
+      decoded.append(tok.decode(row[:length].tolist()))
+    assert sorted(decoded) == sorted(prompt for _, prompt, _, _ in expected)
+    restarts = [e for e in expected if e[3]]
+    assert batch["rollout_restart_groups"][0] == len(restarts) / 4
+    graded = source.scorer.graded[-1]  # the iteration's last grading: every row, slot order
+    right = []
+    for slot, (i, prompt, lead, how) in enumerate(expected):
+      group = decoded.index(prompt)
+      for j in range(4):
+        r = group * 4 + j
+        # The row's tokens: generated (loss_mask) or the teacher's (feedback_mask, which the
+        # loss may leave out).
+        kept = batch["loss_mask"][r] + batch.get("feedback_mask", batch["loss_mask"])[r]
+        ids = batch["completion_inputs"][r, :np.flatnonzero(kept).max() + 1].tolist()
+        text = tok.decode(ids[:-1] if ids[-1] == tok.eos_id else ids)
+        assert graded[slot * 4 + j] == (i, lead + text)
+        if how:
+          right.append(i % 2 == 0 or j % 2 == 1)  # the parity scorer's rewards
+    assert batch["rollout_restart_right"][0] == pytest.approx(np.mean(right) if right else 0.0)
+    seen += [how for _, _, _, how in restarts]
+    _, (_, metrics) = grpo.grpo_loss(
+        params, {k: jnp.asarray(v) for k, v in batch.items()}, None, None, model=MODEL,
+        temperature=source.sampling.temperature, aggregation="grpo",
+        max_len=batch["completion_inputs"].shape[1], loss_kwargs={})
+    assert float(metrics["logprob_gap_max"]) < 2e-4
+    if iteration == 0:
+      assert not restarts
+      _with_buffer(source, BUFFER)  # what the policy might have written
+  # The draws covered the cases: a right and a wrong (cued) prefix, and one cut back.
+  assert {right for _, _, right in seen} == {True, False}
+  assert any(k < drawn for k, drawn, _ in seen)
+
+
+def test_restart_buffer_keeps_plain_samples_of_two_steps_or_more_oldest_out():
+  source, _ = _controlled(samples=2, restart={"fraction": 0.5, "buffer": 3, "below": 0.5})
+  texts = ["a\nb\n#### 1", "a\n#### 1", "x\ny\n", "p\nq\nr\n#### 2", "\n\nm\n\n#### 3",
+           "s\n\n t\n#### 4"]
+  scores = np.asarray([1.0, 1.0, 0.2, 0.5, 0.0, 0.5], np.float32)
+  draw = {"first": (texts, scores), "restarted": np.array([False, True, False]),
+          "batch": {"index": np.array([7, 8, 9], np.int32)}}
+  source._remember(draw, np.array([0, 1, 2]))
+  # Brute force: the rows of plain groups (not group 1) with 2 or more non-empty lines before
+  # the answer line; right at reward >= 0.5.
+  steps = lambda t: [x for x in t.split("####")[0].split("\n") if x.strip()]  # noqa: E731
+  want = [[[7, 8, 9][r // 2], texts[r], bool(scores[r] >= 0.5)] for r in range(6)
+          if r // 2 != 1 and len(steps(texts[r])) >= 2]
+  assert want == [[7, texts[0], True], [9, texts[5], True]]
+  assert source.buffer == want
+  source._remember(draw, np.array([2, 0]))  # two more: the oldest leaves
+  assert source.buffer == (want + want[::-1])[-3:]
+
+
+def test_restarts_compose_with_dynamic_sampling_and_resume_exactly():
+  """A restart iteration with dynamic sampling (two draws, each with its own restarts; the
+  parity scorer makes the even problems' groups uninformative): resumed after a JSON round trip
+  of the state, mid-iteration before it, the batches are the same; the restarted fraction is
+  that of the kept groups whose prompt is not a plain one."""
+  params = random_params(CFG, 0)
+  kwargs = dict(samples=2, minibatches=2, restart=RESTART, dynamic_sampling=True,
+                max_sampling_rounds=2)
+  source, problems = _controlled(**kwargs)
+  source.next_batch(params)  # iteration 0's first minibatch
+  _with_buffer(source, BUFFER)
+  resumed, _ = _controlled(**kwargs)
+  resumed.set_state(json.loads(json.dumps(source.get_state())))
+  batches = []
+  for _ in range(3):  # the rest of iteration 0, then iteration 1, which restarts
+    a = source.next_batch(params)
+    assert_same_batches(a, resumed.next_batch(params))
+    batches.append(a)
+  assert source.buffer == resumed.buffer and source.iteration == resumed.iteration == 2
+  assert batches[0]["rollout_restart_groups"][0] == 0
+  tok, task = tokenizers.load("synthetic"), source.task
+  plain = {task.prompt(p) for p in problems}
+  restarted = [tok.decode(row[:n].tolist()) not in plain for b in batches[1:]
+               for row, n in zip(b["prompt_inputs"], b["prompt_lengths"])]
+  assert batches[1]["rollout_restart_groups"][0] == np.mean(restarted) > 0
+
+
+@pytest.mark.parametrize("update, message", [
+    ({"fraction": 1.5}, "config.restart.fraction=1.5: expected a share in [0, 1]"),
+    ({"fraction": 0.5, "buffer": 0}, "config.restart.buffer=0: expected >= 1"),
+    ({"fraction": 0.5, "max_prefix_tokens": 0},
+     "config.restart.max_prefix_tokens=0: expected >= 1"),
+])
+def test_check_config_rejects_bad_restart_fields(update, message):
+  config = grpo_arith.get_config("runlocal")
+  config.restart.update(update)
+  with pytest.raises(ValueError, match=re.escape(message)):
+    grpo.check_config(config)
+
+
 @pytest.mark.parametrize("rounds", [1, 2, 3])
 def test_dynamic_sampling_keeps_informative_groups_and_resumes_exactly(rounds):
   params = random_params(CFG, 0)
@@ -325,10 +496,7 @@ def test_dynamic_sampling_keeps_informative_groups_and_resumes_exactly(rounds):
   state = json.loads(json.dumps(source.get_state()))
   resumed, _ = _controlled(dynamic_sampling=True, max_sampling_rounds=rounds)
   resumed.set_state(state)
-  a, b = source.next_batch(params), resumed.next_batch(params)
-  for k in a:
-    if not k.endswith(("seconds", "per_s")):
-      np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert_same_batches(source.next_batch(params), resumed.next_batch(params))
 
 
 def test_overlong_filter_and_soft_penalty():

@@ -20,7 +20,7 @@ from reasonjax.data import tokenizers
 from reasonjax.games import kuhn_poker, tictactoe
 from reasonjax.metrics import read_jsonl
 from reasonjax.programs import grpo, self_play as program
-from tests.conftest import random_params, run_main
+from tests.conftest import assert_same_batches, random_params, run_main
 
 CFG = models.preset("tiny", vocab_size=512, num_layers=2, hidden_size=64, intermediate_size=128,
                     num_heads=4, num_kv_heads=2, head_dim=16)
@@ -160,12 +160,7 @@ def test_self_play_resumes_exactly(lenient):
   resumed.set_state(state)
   assert resumed.baselines == source.baselines and resumed.iteration == 1
   for _ in range(left + 2):  # the rest of iteration 0, then iteration 1 played afresh
-    a, b = source.next_batch(params), resumed.next_batch(params)
-    assert a.keys() == b.keys()
-    for k in a:
-      assert a[k].dtype == b[k].dtype
-      if not k.endswith(("seconds", "per_s")):  # timings differ between runs
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert_same_batches(source.next_batch(params), resumed.next_batch(params))
   assert source.iteration == resumed.iteration == 2
   assert source.baselines == resumed.baselines
 
