@@ -572,8 +572,9 @@ def policy_loss_kwargs(config) -> dict:
 def check_config(config) -> None:
   """Raises ValueError naming a bad name-valued field (aggregation, advantage scale and ddof,
   surrogate, importance, KL estimator, reward, verifier, reward model fields), policy_loss
-  values `policy.check_settings` refuses, a reward model folder without a config.json, or a
-  minibatch split that does not fit, before any work."""
+  values `policy.check_settings` refuses, a reward model folder without a config.json, bad
+  guidance, feedback, restart, data selection or data control values, or a minibatch split
+  that does not fit, before any work."""
   stages.check_policy_source(config)
   choices = {"aggregation": (config.aggregation, policy.AGGREGATIONS),
              "advantage.scale": (config.advantage.scale, policy.ADVANTAGE_SCALES),
