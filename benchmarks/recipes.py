@@ -17,6 +17,7 @@ the test of this script.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -27,9 +28,10 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import (b_star_arith, dapo_arith, dpo_arith, grpo_arith,  # noqa: E402
-                     guide_grpo_arith, rest_em_arith, scl_arith, sft_arith, star_arith,
-                     step_dpo_arith, thinklite_arith, thinktuning_arith, ttrl_arith)
+from configs import (b_star_arith, cosc_arith, dapo_arith, dpo_arith, grpo_arith,  # noqa: E402
+                     guide_grpo_arith, rest_em_arith, restart_grpo_arith, scl_arith, sft_arith,
+                     star_arith, step_dpo_arith, structured_arith, thinklite_arith,
+                     thinktuning_arith, ttrl_arith)
 from reasonjax import programs  # noqa: E402
 from reasonjax.metrics import read_jsonl  # noqa: E402
 from reasonjax.programs import stages  # noqa: E402
@@ -51,11 +53,18 @@ METHODS = {
     "DAPO + length reward": (dapo_arith, "efficiency", "grpo"),
     "Guide-GRPO": (guide_grpo_arith, None, "grpo"),
     "ThinkTuning": (thinktuning_arith, None, "grpo"),
+    "Restart and explore": (restart_grpo_arith, None, "grpo"),
+    "COAT": (structured_arith, None, "grpo"),
+    "ReFIne": (structured_arith, "refine", "grpo"),
+    "CoSC": (cosc_arith, None, "expert"),
     "ThinkLite selection": (thinklite_arith, None, "grpo"),
     "TTRL": (ttrl_arith, None, "grpo"),
     "EMPO": (ttrl_arith, "empo", "grpo"),
 }
 BASELINES = ("SFT on more data", "GRPO")
+# Task fields of the recipes that answer in a format of their own (programs/stages: a nested SFT
+# on the format's seed traces first).
+FORMATS = ("code", "format")
 # Not run by default: its MCTS pass over the pool (256 simulations per problem) takes longer on
 # 2 CPU cores than every other run together; `--methods` adds it.
 SLOW = ("ThinkLite selection",)
@@ -76,10 +85,25 @@ def method_config(name: str, task: str, start: str, seed: int, args):
   module, arg, kind = METHODS[name]
   start_cfg = start_config(task)
   config = module.get_config(arg)
+  # A format of its own (code, structured) stays on the start's task.
+  formats = {k: config.task[k] for k in FORMATS if config.task.get(k) is not None}
   config.task = start_cfg.task
   config.tokenizer = start_cfg.tokenizer
   config.init_from, config.seed = start, seed
   steps = args.steps
+  if formats:
+    # Stage 1 fine-tunes the start on the format's seed traces for half the steps; the recipe
+    # has the other half.
+    with config.task.unlocked():
+      config.task.update(formats)
+    sft = config.sft
+    sft.task = copy.deepcopy(config.task)
+    sft.tokenizer, sft.init_from, sft.seed = config.tokenizer, start, seed
+    format_steps = steps // 2
+    sft.update({"steps": format_steps, "checkpoint_every": format_steps, "eval_every": 0})
+    sft.optimizer.warmup_steps = min(sft.optimizer.warmup_steps, max(1, format_steps // 10))
+    sft.task.num_train = format_steps * sft.batch_size
+    config.init_from, steps = "", steps - format_steps
   if kind == "expert":
     e = config.expert_iteration
     e.rounds = args.rounds
@@ -123,7 +147,17 @@ def method_config(name: str, task: str, start: str, seed: int, args):
 
 def outcome(name: str, workdir: str) -> dict:
   """{accuracy, start_accuracy, steps, generated_tokens} of a finished run."""
-  kind = METHODS[name][2]
+  out = _outcome(METHODS[name][2], workdir)
+  stage1 = os.path.join(workdir, "sft", "results.json")
+  if os.path.exists(stage1):  # the format-tuning stage's steps count too
+    with open(stage1) as f:
+      out["steps"] += json.load(f)["steps"]
+    # The run evaluated its format-tuned policy, not the shared start.
+    out["start_accuracy"] = None
+  return out
+
+
+def _outcome(kind: str, workdir: str) -> dict:
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
   if kind == "expert":
@@ -199,12 +233,15 @@ def page(results: dict, command: str) -> str:
            f"{results['steps']} optimizer steps from the task's SFT start, greedy accuracy on "
            f"{results['eval_problems']} held-out problems of the seed (the same for every "
            "method of a seed). Generated tokens are measured, not matched; the ratio is to "
-           "plain GRPO's. A tiny model on synthetic tasks: the differences here are of the "
-           "size of the spread between seeds unless the table says otherwise.", ""]
+           "plain GRPO's. Recipes that answer in a format of their own (code, COAT, ReFIne) "
+           "spend half the steps fine-tuning the start on the format's seed traces. A tiny "
+           "model on synthetic tasks: the differences here are of the size of the spread "
+           "between seeds unless the table says otherwise.", ""]
   for task in dict.fromkeys(r["task"] for r in rows):
     mine = [r for r in rows if r["task"] == task]
     start = [r["start_accuracy"] for r in mine if r.get("start_accuracy") is not None]
-    lines += [f"## {task}", "", f"SFT start: accuracy {_spread(sorted(set(start)))}.", ""]
+    lines += [f"## {task}", "", f"SFT start: accuracy {_spread(sorted(set(start)))}." if start
+              else "SFT start: not evaluated by these runs.", ""]
     if start and max(start) == 0:
       lines += ["The SFT start solves none of these held-out problems, and so none of the "
                 "methods has right samples to learn from: this table says nothing about the "
@@ -230,10 +267,13 @@ def page(results: dict, command: str) -> str:
       if name in BASELINES:
         verdict = "(baseline)"
       else:
-        best = {r["seed"]: max(b.get("accuracy", 0.0) for b in mine
-                               if b["method"] in BASELINES and b["seed"] == r["seed"])
-                for r in runs}
-        verdict = "yes" if all(r["accuracy"] > best[r["seed"]] for r in runs) else "no"
+        best = {r["seed"]: max((b.get("accuracy", 0.0) for b in mine
+                                if b["method"] in BASELINES and b["seed"] == r["seed"]),
+                               default=None) for r in runs}
+        if None in best.values():
+          verdict = "(no baseline run)"
+        else:
+          verdict = "yes" if all(r["accuracy"] > best[r["seed"]] for r in runs) else "no"
       lines.append(f"| {name} | {_spread([r['accuracy'] for r in runs])} | "
                    f"{_spread([r['steps'] for r in runs], 0)} | {tokens} | {ratio} | "
                    f"{verdict} |")
