@@ -49,7 +49,6 @@ from reasonjax.training import experiment, loop
 # Aggregations that leave the padding rows (loss_mask 0) out: dr_grpo and luspo divide by all
 # rows, so the padding of an iteration's last minibatch would shrink its gradient.
 AGGREGATIONS = ("grpo", "bnpo", "dapo")
-OUTCOMES = ("win", "draw", "loss", "invalid")
 
 
 def prompt_text(observation: str) -> str:
