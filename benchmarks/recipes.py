@@ -8,8 +8,11 @@ For each task (arithmetic chains, Countdown) the starting policy is the recipes'
 with the same budget of optimizer steps (`--steps`) and the same held-out evaluation (greedy
 accuracy on `--eval_problems` test problems of the seed): the expert-iteration recipes split
 the steps over their rounds, the GRPO recipes take one step per iteration, and "SFT on more data"
-fine-tunes the start on that many fresh gold solutions. Generated tokens are measured, not
-matched: the table gives them next to the accuracy, with the ratio to plain GRPO's. Every run is
+fine-tunes the start on that many fresh gold solutions. Generated tokens are measured; a recipe
+that generates k times GRPO's (k >= 1.5) is also compared with plain GRPO run with about k times
+the samples per prompt at the same steps (`--match_tokens`). Then the test-time methods (Self-PRM
+reranking and budget forcing, against majority vote, at N = `--test_time_n`) with each seed's
+GRPO policy, and SPIRAL's self-play from the arithmetic start (`--game_episodes`). Every run is
 a stage in `--workdir` (a rerun skips the finished ones). `--quick` is a minute-scale run for
 the test of this script.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
@@ -28,10 +32,11 @@ import jax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import (b_star_arith, cosc_arith, dapo_arith, dpo_arith, grpo_arith,  # noqa: E402
-                     guide_grpo_arith, rest_em_arith, restart_grpo_arith, scl_arith, sft_arith,
-                     star_arith, step_dpo_arith, structured_arith, thinklite_arith,
-                     thinktuning_arith, ttrl_arith)
+from configs import (b_star_arith, budget_forcing_arith, cosc_arith, dapo_arith,  # noqa: E402
+                     dpo_arith, grpo_arith, guide_grpo_arith, rest_em_arith, restart_grpo_arith,
+                     scl_arith, self_prm_arith, sft_arith, spiral_games, star_arith,
+                     step_dpo_arith, structured_arith, thinklite_arith, thinktuning_arith,
+                     ttrl_arith)
 from reasonjax import programs  # noqa: E402
 from reasonjax.metrics import read_jsonl  # noqa: E402
 from reasonjax.programs import stages  # noqa: E402
@@ -65,9 +70,14 @@ BASELINES = ("SFT on more data", "GRPO")
 # Task fields of the recipes that answer in a format of their own (programs/stages: a nested SFT
 # on the format's seed traces first).
 FORMATS = ("code", "format")
-# Not run by default: its MCTS pass over the pool (256 simulations per problem) takes longer on
-# 2 CPU cores than every other run together; `--methods` adds it.
+# Not run by default: its MCTS pass over the pool (64 simulations per problem here) is the
+# slowest run; `--methods` adds it.
 SLOW = ("ThinkLite selection",)
+# The equal-tokens baseline: GRPO with up to this many times its samples per prompt.
+MATCH_MAX = 32
+# The search program's method names -> the test-time section's rows.
+TEST_TIME = {"majority_vote": "Majority vote", "best_of_n": "Self-PRM (best of N)",
+             "budget_forcing": "Budget forcing"}
 
 
 def start_config(task: str):
@@ -125,9 +135,11 @@ def method_config(name: str, task: str, start: str, seed: int, args):
     if config.data_controls.overlong_cache:
       config.data_controls.overlong_cache = max(1, config.rollouts.max_new_tokens // 5)
     # TTRL/EMPO train on the evaluation's own problems; the others on the training split;
-    # ThinkLite selects from a pool four times larger.
+    # ThinkLite selects from a pool twice as large.
     config.task.num_train = args.eval_problems if config.train_split == "test" else \
-        args.problems * (4 if config.data_selection.simulations else 1)
+        args.problems * (2 if config.data_selection.simulations else 1)
+    if config.data_selection.simulations:  # a quarter of the paper-scale search per problem
+      config.data_selection.update({"simulations": 64, "min_simulations": 8})
     evaluation(config.eval, args.eval_problems)
   elif kind == "dpo":
     config.update({"steps": steps, "checkpoint_every": steps, "eval_every": 0,
@@ -172,17 +184,90 @@ def _outcome(kind: str, workdir: str) -> dict:
     return {"accuracy": results["grpo_accuracy"], "start_accuracy": results["sft_accuracy"],
             "steps": results["steps"],
             "generated_tokens": int(sum(r["rollout_generated_tokens"] for r in rows))}
-  if kind == "dpo":  # the pairs' tokens: what sampling them generated at least
-    with open(os.path.join(workdir, "pairs.jsonl")) as f:
-      pairs = [json.loads(line) for line in f]
+  if kind == "dpo":  # the tokens sampling the pairs took (programs/dpo.py)
+    with open(os.path.join(workdir, "pairs_tokens.json")) as f:
+      tokens = json.load(f)["generated_tokens"]
     return {"accuracy": results["accuracy"], "start_accuracy": None, "steps": results["steps"],
-            "generated_tokens": None, "pairs": len(pairs)}
+            "generated_tokens": tokens, "pairs": results["pairs"]}
   return {"accuracy": results["accuracy"], "start_accuracy": None, "steps": results["steps"],
           "generated_tokens": 0}
 
 
+def matched_multiple(tokens: float, grpo_tokens: float) -> int:
+  """k in 1, 2, 4, ..., MATCH_MAX: the plain GRPO run with k times its samples per prompt whose
+  generated tokens are nearest (in log) to a recipe's `tokens` (1: GRPO itself)."""
+  if not grpo_tokens or tokens <= grpo_tokens:
+    return 1
+  return int(min(MATCH_MAX, 2 ** round(math.log2(tokens / grpo_tokens))))
+
+
+def matched_name(k: int) -> str:
+  return f"GRPO, {k}x samples"
+
+
+def matched_config(k: int, task: str, start: str, seed: int, args):
+  """Plain GRPO with k times the samples per prompt, at the same steps: the equal-tokens
+  baseline of the recipes that generate about k times GRPO's tokens."""
+  config = method_config("GRPO", task, start, seed, args)
+  config.rollouts.num_samples *= k
+  return config
+
+
+def test_time_config(name: str, task: str, policy: str, start: str, seed: int, args):
+  """The search program's config for `name` ("self_prm": majority vote and Self-PRM best-of-N;
+  "budget_forcing"): `policy` searches the seed's held-out problems at N = args.test_time_n."""
+  module = self_prm_arith if name == "self_prm" else budget_forcing_arith
+  config = module.get_config()
+  start_cfg = start_config(task)
+  config.task, config.tokenizer = start_cfg.task, start_cfg.tokenizer
+  config.init_from, config.seed = policy, seed
+  if name == "self_prm":  # Self-PRM's implicit reward: log pi / pi_ref with the SFT start as ref
+    config.reward_model.reference = start
+    config.search.methods = ("majority_vote", "best_of_n")
+  else:  # its majority vote row is the self_prm run's
+    config.search.methods = ("budget_forcing",)
+  config.search.update({"n_values": (args.test_time_n,), "num_problems": args.eval_problems,
+                        "max_new_tokens": 64, "batch_size": 64})
+  return config
+
+
+def games_config(start: str, seed: int, args):
+  """SPIRAL's self-play from the arithmetic start, for `args.steps` steps."""
+  config = spiral_games.get_config()
+  config.init_from, config.seed = start, seed
+  config.tokenizer = start_config("arithmetic").tokenizer
+  config.self_play.update({"episodes": 16, "max_new_tokens": 16})
+  config.update({"steps": args.steps, "checkpoint_every": args.steps, "eval_every": 0})
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, max(1, args.steps // 10))
+  config.eval.episodes = args.game_episodes
+  return config
+
+
+def _stage(workdir: str, make_config, label: str) -> str | None:
+  """Runs make_config()'s program in `workdir` unless a run there finished (or failed: a
+  ValueError such as "no right sample to learn from", kept in failed.txt); returns that
+  error's text or None."""
+  finished, failed = (os.path.join(workdir, f) for f in ("finished", "failed.txt"))
+  if not os.path.exists(finished) and not os.path.exists(failed):
+    begin = time.perf_counter()
+    config = make_config()
+    programs.check_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    try:
+      programs.get(config.trainer)(config, workdir)
+      open(finished, "w").close()
+    except ValueError as e:
+      with open(failed, "w") as f:
+        f.write(str(e))
+    print(f"{label}: {time.perf_counter() - begin:.0f} s", flush=True)
+  if os.path.exists(failed):
+    with open(failed) as f:
+      return f.read()
+  return None
+
+
 def run(args) -> dict:
-  rows = []
+  rows, test_time, games = [], [], []
   for task in args.tasks:
     base = os.path.join(args.workdir, task)
     os.makedirs(base, exist_ok=True)
@@ -190,30 +275,55 @@ def run(args) -> dict:
     start = stages.policy(start_config(task), base)
     print(f"{task}: SFT start {start} ({time.perf_counter() - begin:.0f} s)", flush=True)
     for seed in args.seeds:
+      here = os.path.join(base, f"seed_{seed}")
+      mine = []
       for name in args.methods:
-        workdir = os.path.join(base, f"seed_{seed}", name.replace(" ", "_"))
+        workdir = os.path.join(here, name.replace(" ", "_"))
         row = {"task": task, "seed": seed, "method": name}
-        failed = os.path.join(workdir, "failed.txt")
-        if not os.path.exists(os.path.join(workdir, "results.json")) and not os.path.exists(
-            failed):
-          begin = time.perf_counter()
-          config = method_config(name, task, start, seed, args)
-          programs.check_config(config)
-          os.makedirs(workdir, exist_ok=True)
-          try:
-            programs.get(config.trainer)(config, workdir)
-          except ValueError as e:  # e.g. no right sample to learn from: the row says so
-            with open(failed, "w") as f:
-              f.write(str(e))
-          print(f"{task} seed {seed} {name}: {time.perf_counter() - begin:.0f} s", flush=True)
-        if os.path.exists(failed):
-          with open(failed) as f:
-            rows.append(row | {"error": f.read()})
+        error = _stage(workdir, lambda: method_config(name, task, start, seed, args),
+                       f"{task} seed {seed} {name}")
+        mine.append(row | ({"error": error} if error else outcome(name, workdir)))
+      grpo = next((r for r in mine if r["method"] == "GRPO" and "error" not in r), None)
+      if grpo is not None and args.match_tokens:
+        # The equal-tokens baseline of each recipe: GRPO with more samples per prompt.
+        for row in mine:
+          if "error" not in row and row["method"] not in BASELINES:
+            row["matched"] = matched_multiple(row["generated_tokens"], grpo["generated_tokens"])
+        for k in sorted({r.get("matched", 1) for r in mine} - {1}):
+          workdir = os.path.join(here, f"GRPO_x{k}")
+          error = _stage(workdir, lambda: matched_config(k, task, start, seed, args),
+                         f"{task} seed {seed} {matched_name(k)}")
+          mine.append({"task": task, "seed": seed, "method": matched_name(k)} | (
+              {"error": error} if error else outcome("GRPO", workdir)))
+      rows += mine
+      if grpo is not None and args.test_time_n:
+        test_time.append({"task": task, "seed": seed, "method": "GRPO policy, greedy", "n": 1,
+                          "accuracy": grpo["accuracy"], "tokens_per_problem": None})
+        policy = os.path.join(here, "GRPO", "hf")
+        for name in ("self_prm", "budget_forcing"):
+          workdir = os.path.join(here, "test_time", name)
+          error = _stage(workdir, lambda: test_time_config(name, task, policy, start, seed, args),
+                         f"{task} seed {seed} {name}")
+          if error is None:
+            with open(os.path.join(workdir, "search.json")) as f:
+              for r in json.load(f)["rows"]:
+                test_time.append({"task": task, "seed": seed, "method": TEST_TIME[r["method"]],
+                                  "n": r["n"], "accuracy": r["accuracy"],
+                                  "tokens_per_problem": r["tokens_per_problem"]})
+    if task == "arithmetic" and args.game_episodes:
+      for seed in args.seeds:
+        workdir = os.path.join(base, f"seed_{seed}", "SPIRAL")
+        error = _stage(workdir, lambda: games_config(start, seed, args), f"SPIRAL seed {seed}")
+        if error is None:
+          with open(os.path.join(workdir, "results.json")) as f:
+            results = json.load(f)
+          games.append({"seed": seed, "steps": results["steps"], "start": results["start"],
+                        "final": results["final"]})
         else:
-          rows.append(row | outcome(name, workdir))
-  return {"rows": rows, "seeds": list(args.seeds), "steps": args.steps,
-          "eval_problems": args.eval_problems, "problems": args.problems,
-          "rounds": args.rounds}
+          games.append({"seed": seed, "error": error})
+  return {"rows": rows, "test_time": test_time, "games": games, "seeds": list(args.seeds),
+          "steps": args.steps, "eval_problems": args.eval_problems, "problems": args.problems,
+          "rounds": args.rounds, "test_time_n": args.test_time_n}
 
 
 def _spread(values: list[float], digits: int = 3) -> str:
@@ -225,66 +335,146 @@ def _spread(values: list[float], digits: int = 3) -> str:
 
 def page(results: dict, command: str) -> str:
   """The results page: per task, each method's accuracy (mean ± std over seeds), steps and
-  generated tokens, and whether it beats both baselines in every seed."""
+  generated tokens, its equal-tokens GRPO baseline, and whether it beats every baseline in
+  every seed; then the test-time methods and the self-play games."""
   rows = results["rows"]
   lines = ["# Recipes against SFT on more data and GRPO, from one SFT start", "",
            "Written by", "", f"    {command}", "",
            f"Seeds {results['seeds']}; mean ± standard deviation over seeds. Every method: "
            f"{results['steps']} optimizer steps from the task's SFT start, greedy accuracy on "
            f"{results['eval_problems']} held-out problems of the seed (the same for every "
-           "method of a seed). Generated tokens are measured, not matched; the ratio is to "
-           "plain GRPO's. Recipes that answer in a format of their own (code, COAT, ReFIne) "
-           "spend half the steps fine-tuning the start on the format's seed traces. A tiny "
-           "model on synthetic tasks: the differences here are of the size of the spread "
-           "between seeds unless the table says otherwise.", ""]
+           "method of a seed). The baselines are SFT on more data and plain GRPO at the same "
+           "steps, and, for a recipe that generates more tokens than GRPO, plain GRPO with k "
+           "times its samples per prompt (k the power of two nearest the ratio of generated "
+           f"tokens, at most {MATCH_MAX}): the same steps at about the same generated tokens "
+           "(the DPO recipes' tokens are their sampled texts re-encoded). "
+           "Recipes that answer in a format of their own (code, COAT, ReFIne) spend half the "
+           "steps fine-tuning the start on the format's seed traces. A tiny model on synthetic "
+           "tasks: the differences here are of the size of the spread between seeds unless the "
+           "table says otherwise.", ""]
+  for task in dict.fromkeys(r["task"] for r in rows):
+    lines += _task_table(task, [r for r in rows if r["task"] == task])
+  lines += _test_time_table(results.get("test_time", []), results.get("test_time_n"))
+  lines += _games_table(results.get("games", []))
+  return "\n".join(lines)
+
+
+def _is_baseline(name: str) -> bool:
+  return name in BASELINES or name.startswith("GRPO, ")
+
+
+def _task_table(task: str, mine: list[dict]) -> list[str]:
+  start = [r["start_accuracy"] for r in mine if r.get("start_accuracy") is not None]
+  lines = [f"## {task}", "", f"SFT start: accuracy {_spread(sorted(set(start)))}." if start
+           else "SFT start: not evaluated by these runs.", ""]
+  if start and max(start) == 0:
+    lines += ["The SFT start solves none of these held-out problems, and so none of the "
+              "methods has right samples to learn from: this table says nothing about the "
+              "recipes at this scale.", ""]
+  lines += ["| method | held-out accuracy | train steps | generated tokens | tokens / GRPO's "
+            "| GRPO at about these tokens | beats every baseline in every seed |",
+            "|---|---|---|---|---|---|---|"]
+  by = lambda name: [r for r in mine if r["method"] == name]  # noqa: E731
+  grpo_tokens = statistics.fmean(r["generated_tokens"] for r in by("GRPO")) if by("GRPO") \
+      else 0
+  seed_row = {(r["method"], r["seed"]): r for r in mine if "error" not in r}
+  winners = []
+  for name in dict.fromkeys(r["method"] for r in mine):
+    runs = by(name)
+    errors = [r["error"] for r in runs if "error" in r]
+    if errors:
+      lines.append(f"| {name} | did not train ({len(errors)} of {len(runs)} seeds): "
+                   f"{errors[0].split(':')[0]} | | | | | no |")
+      continue
+    count = statistics.fmean(r["generated_tokens"] for r in runs)
+    tokens, ratio = f"{count:.0f}", f"{count / grpo_tokens:.2f}" if grpo_tokens else ""
+    matched = ""
+    if all(r.get("matched", 1) > 1 for r in runs):
+      rivals = [seed_row.get((matched_name(r["matched"]), r["seed"])) for r in runs]
+      if None not in rivals:
+        ks = "/".join(f"{k}x" for k in sorted({r["matched"] for r in runs}))
+        matched = f"{_spread([b['accuracy'] for b in rivals])} ({ks})"
+    elif all(r.get("matched") == 1 for r in runs):
+      matched = "GRPO's"
+    if _is_baseline(name):
+      verdict = "(baseline)"
+    else:
+      best = {}
+      for r in runs:
+        rivals = [seed_row.get((b, r["seed"])) for b in BASELINES]
+        if r.get("matched", 1) > 1:
+          rivals.append(seed_row.get((matched_name(r["matched"]), r["seed"])))
+        best[r["seed"]] = None if None in rivals else max(b["accuracy"] for b in rivals)
+      if None in best.values():
+        verdict = "(no baseline run)"
+      else:
+        verdict = "yes" if all(r["accuracy"] > best[r["seed"]] for r in runs) else "no"
+    lines.append(f"| {name} | {_spread([r['accuracy'] for r in runs])} | "
+                 f"{_spread([r['steps'] for r in runs], 0)} | {tokens} | {ratio} | {matched} | "
+                 f"{verdict} |")
+    winners += [name] if verdict == "yes" else []
+  below = [n for n in dict.fromkeys(r["method"] for r in mine)
+           if start and all("accuracy" in r for r in by(n))
+           and statistics.fmean(r["accuracy"] for r in by(n)) < statistics.fmean(start)]
+  return lines + ["", f"Beat every baseline in every seed: {', '.join(winners)}." if winners
+                  else "No recipe beats every baseline in every seed at this scale.",
+                  f"Below the SFT start on average: {', '.join(below) or 'none'}.", ""]
+
+
+def _test_time_table(rows: list[dict], n: int | None) -> list[str]:
+  if not rows:
+    return []
+  lines = ["## Test-time methods", "",
+           f"Each seed's GRPO policy (the GRPO row above) on the same held-out problems, at N = "
+           f"{n}: majority vote over N samples at temperature 1; Self-PRM, the best of the same kind of N "
+           "samples by the policy's implicit process reward against the SFT start (the "
+           "paper prompts the policy to judge; see configs/self_prm_arith.py); budget "
+           f"forcing, one solution whose answer is held back {n - 1} times with \"Wait,\". "
+           "Generated tokens per problem include every sample.", ""]
   for task in dict.fromkeys(r["task"] for r in rows):
     mine = [r for r in rows if r["task"] == task]
-    start = [r["start_accuracy"] for r in mine if r.get("start_accuracy") is not None]
-    lines += [f"## {task}", "", f"SFT start: accuracy {_spread(sorted(set(start)))}." if start
-              else "SFT start: not evaluated by these runs.", ""]
-    if start and max(start) == 0:
-      lines += ["The SFT start solves none of these held-out problems, and so none of the "
-                "methods has right samples to learn from: this table says nothing about the "
-                "recipes at this scale.", ""]
-    lines += ["| method | held-out accuracy | train steps | generated tokens | tokens / GRPO's "
-              "| beats both baselines in every seed |", "|---|---|---|---|---|---|"]
-    by = lambda name: [r for r in mine if r["method"] == name]  # noqa: E731
-    grpo_tokens = statistics.fmean(r["generated_tokens"] for r in by("GRPO")) if by("GRPO") \
-        else 0
-    winners = []
+    lines += [f"### {task}", "", "| method | N | held-out accuracy | generated tokens per "
+              "problem |", "|---|---|---|---|"]
     for name in dict.fromkeys(r["method"] for r in mine):
-      runs = by(name)
-      errors = [r["error"] for r in runs if "error" in r]
-      if errors:
-        lines.append(f"| {name} | did not train ({len(errors)} of {len(runs)} seeds): "
-                     f"{errors[0].split(':')[0]} | | | | no |")
-        continue
-      if any(r["generated_tokens"] is None for r in runs):  # DPO does not count its sampling
-        tokens, ratio = "not counted", ""
-      else:
-        count = statistics.fmean(r["generated_tokens"] for r in runs)
-        tokens, ratio = f"{count:.0f}", f"{count / grpo_tokens:.2f}" if grpo_tokens else ""
-      if name in BASELINES:
-        verdict = "(baseline)"
-      else:
-        best = {r["seed"]: max((b.get("accuracy", 0.0) for b in mine
-                                if b["method"] in BASELINES and b["seed"] == r["seed"]),
-                               default=None) for r in runs}
-        if None in best.values():
-          verdict = "(no baseline run)"
-        else:
-          verdict = "yes" if all(r["accuracy"] > best[r["seed"]] for r in runs) else "no"
-      lines.append(f"| {name} | {_spread([r['accuracy'] for r in runs])} | "
-                   f"{_spread([r['steps'] for r in runs], 0)} | {tokens} | {ratio} | "
-                   f"{verdict} |")
-      winners += [name] if verdict == "yes" else []
-    below = [n for n in dict.fromkeys(r["method"] for r in mine)
-             if start and all("accuracy" in r for r in by(n))
-             and statistics.fmean(r["accuracy"] for r in by(n)) < statistics.fmean(start)]
-    lines += ["", f"Beat both baselines in every seed: {', '.join(winners)}." if winners else
-              "No recipe beats both baselines in every seed at this scale.",
-              f"Below the SFT start on average: {', '.join(below) or 'none'}.", ""]
-  return "\n".join(lines)
+      runs = [r for r in mine if r["method"] == name]
+      tokens = [r["tokens_per_problem"] for r in runs if r["tokens_per_problem"] is not None]
+      lines.append(f"| {name} | {runs[0]['n']} | {_spread([r['accuracy'] for r in runs])} | "
+                   f"{_spread(tokens, 0) if tokens else ''} |")
+    lines.append("")
+  return lines
+
+
+def _games_table(rows: list[dict]) -> list[str]:
+  if not rows:
+    return []
+  lines = ["## SPIRAL self-play", "",
+           "One policy from the arithmetic SFT start trained by self-play on TicTacToe and Kuhn "
+           "poker (configs/spiral_games.py, 16 episodes of each game per iteration, replies of "
+           "up to 16 tokens), evaluated against a uniformly random legal-move opponent in both "
+           "seats, before and after the same number of steps as the recipes above. A reply "
+           "without a legal move loses.", ""]
+  errors = [r for r in rows if "error" in r]
+  if errors:
+    lines += [f"Did not train ({len(errors)} of {len(rows)} seeds): "
+              f"{errors[0]['error'].split(':')[0]}", ""]
+  runs = [r for r in rows if "error" not in r]
+  if not runs:
+    return lines
+  lines += ["| game | when | win | draw | loss | invalid replies |", "|---|---|---|---|---|---|"]
+  games = sorted({k[:-4] for k in runs[0]["final"] if k.endswith("_win") and "_seat" not in k})
+  for game in games:
+    for when in ("start", "final"):
+      cells = [_spread([r[when][f"{game}_{o}"] for r in runs], 2)
+               for o in ("win", "draw", "loss", "invalid")]
+      lines.append(f"| {game} | {'SFT start' if when == 'start' else 'after self-play'} | "
+                   + " | ".join(cells) + " |")
+  invalid = statistics.fmean(r["final"][f"{g}_invalid"] for r in runs for g in games)
+  if invalid > 0.9:
+    lines += ["", f"After training, {invalid:.0%} of the policy's games end in an invalid reply: "
+              "an arithmetic-only start does not learn to play at this scale, and these rows "
+              "test the pipeline, not SPIRAL. A real run starts from an instruction model "
+              "(configs/spiral_games.py)."]
+  return lines + [""]
 
 
 def main():
@@ -298,6 +488,12 @@ def main():
   parser.add_argument("--rounds", type=int, default=2)
   parser.add_argument("--problems", type=int, default=128)
   parser.add_argument("--eval_problems", type=int, default=64)
+  parser.add_argument("--match_tokens", type=int, default=1,
+                      help="1: also run GRPO at about each recipe's generated tokens")
+  parser.add_argument("--test_time_n", type=int, default=8,
+                      help="N of the test-time methods' section (0: none)")
+  parser.add_argument("--game_episodes", type=int, default=32,
+                      help="SPIRAL evaluation episodes per game and seat (0: no games section)")
   parser.add_argument("--quick", action="store_true",
                       help="a minute-scale run: 4 steps, 16 problems (the script's test)")
   args = parser.parse_args()
@@ -312,6 +508,7 @@ def main():
     parser.error(f"--methods: unknown {unknown}; valid: {list(METHODS)}")
   if args.quick:
     args.steps, args.problems, args.eval_problems = 4, 16, 8
+    args.test_time_n, args.game_episodes = min(args.test_time_n, 2), min(args.game_episodes, 2)
   # The runs share most of their programs: compile each once (reasonjax.main's default cache).
   cache = jax.config.jax_compilation_cache_dir or os.path.join("~", ".cache", "reasonjax", "xla")
   jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))

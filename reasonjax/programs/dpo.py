@@ -141,8 +141,13 @@ def step_pairs(tree: tree_data.StepTree, values: np.ndarray, *, margin: float,
   return [(node, best, worst) for _, node, best, worst in sorted(found)[:max_pairs]]
 
 
-def _tree_pairs(config, model, params, task, tokenizer, problems) -> list[dict]:
-  """Step pairs (`step_pairs`) from a full step tree of each problem."""
+def _encoded_length(tokenizer, texts) -> int:
+  """Tokens of sampled texts, re-encoded: what sampling them generated, give or take an EOS."""
+  return sum(len(tokenizer.encode(t)) for t in texts)
+
+
+def _tree_pairs(config, model, params, task, tokenizer, problems) -> tuple[list[dict], int]:
+  """Step pairs (`step_pairs`) from a full step tree of each problem, and the trees' tokens."""
   section = config.pairs
   policy = StepPolicy(model, params, tokenizer, task, temperature=section.temperature,
                       top_p=section.top_p, max_step_tokens=section.max_step_tokens,
@@ -152,6 +157,7 @@ def _tree_pairs(config, model, params, task, tokenizer, problems) -> list[dict]:
                          progress="growing step trees")
   delimiter = tokenizer.step_delimiter
   out = []
+  generated = sum(_encoded_length(tokenizer, tree.steps) for tree in trees)
   for problem, tree in zip(problems, trees):
     for node, best, worst in step_pairs(tree, tree_data.mc_scores(tree), margin=section.margin,
                                         max_pairs=section.max_per_problem):
@@ -166,7 +172,7 @@ def _tree_pairs(config, model, params, task, tokenizer, problems) -> list[dict]:
       text = lambda c: tree.steps[c] + ("" if ends else delimiter)  # noqa: E731
       out.append({"prompt": task.prompt(problem) + "".join(s + delimiter for s in path[::-1]),
                   "chosen": text(best), "rejected": text(worst), "eos": ends})
-  return out
+  return out, generated
 
 
 def correction_prompt(prompt: str, first: str, cue: str) -> str:
@@ -174,12 +180,13 @@ def correction_prompt(prompt: str, first: str, cue: str) -> str:
   return f"{prompt}{first}\n{cue}\n"
 
 
-def _correction_pairs(config, model, params, task, tokenizer, problems) -> list[dict]:
+def _correction_pairs(config, model, params, task, tokenizer, problems
+                      ) -> tuple[list[dict], int]:
   """Self-correction pairs (SCL): `pairs.first_samples` first attempts per problem, then
   `pairs.num_samples` second attempts after each (`correction_prompt`); a right and a wrong
   second attempt after the same first attempt make a pair (`make_pairs`). Each pair records
   whether its first attempt was right: a pair after a wrong one teaches correcting it, after a
-  right one keeping it."""
+  right one keeping it. Also returns the attempts' tokens."""
   section = config.pairs
 
   def attempts(prompts, n, seed, what):
@@ -199,25 +206,28 @@ def _correction_pairs(config, model, params, task, tokenizer, problems) -> list[
                                     make_pairs(second, correct, section.max_per_problem)):
     out += [{"prompt": prompt, "chosen": c, "rejected": r,
              "first_right": bool(task.check_answer(p, y1))} for c, r in found]
-  return out
+  generated = sum(_encoded_length(tokenizer, row) for row in first + second)
+  return out, generated
 
 
 def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, str]]:
-  """The training pairs, sampled once and kept in workdir/pairs.jsonl."""
+  """The training pairs, sampled once and kept in workdir/pairs.jsonl; the tokens sampling them
+  generated go to workdir/pairs_tokens.json."""
   path = os.path.join(workdir, "pairs.jsonl")
   if os.path.exists(path):
     with open(path) as f:
       return [json.loads(line) for line in f]
   problems = task.generate(config.task.num_train, seed=config.seed, split="train")
   if config.pairs.source == "trees":
-    pairs = _tree_pairs(config, model, params, task, tokenizer, problems)
+    pairs, generated = _tree_pairs(config, model, params, task, tokenizer, problems)
     logging.info("%d step pairs from %d problems", len(pairs), len(problems))
     if not pairs:
       raise ValueError(f"no step pairs: no node of the {len(problems)} trees has children "
                        f"whose values differ by pairs.margin={config.pairs.margin} or more; "
                        "lower it, raise pairs.num_samples, or start from another policy")
   elif config.pairs.source == "corrections":
-    pairs = _correction_pairs(config, model, params, task, tokenizer, problems)
+    pairs, generated = _correction_pairs(config, model, params, task, tokenizer,
+                                         problems)
     fixes = sum(not p["first_right"] for p in pairs)
     logging.info("%d self-correction pairs (%d after a wrong first attempt)", len(pairs), fixes)
     if not pairs:
@@ -228,6 +238,7 @@ def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, st
     samples = experiment.rollouts(config.pairs, model, params, task, tokenizer, problems,
                                   jax.random.key(config.seed + 2), progress="sampling pairs")
     correct = [[task.check_answer(p, t) for t in texts] for p, texts in zip(problems, samples)]
+    generated = sum(_encoded_length(tokenizer, texts) for texts in samples)
     pairs = [{"prompt": task.prompt(p), "chosen": c, "rejected": r}
              for p, found in zip(problems, make_pairs(samples, correct,
                                                       config.pairs.max_per_problem))
@@ -240,6 +251,8 @@ def _pairs(config, workdir, model, params, task, tokenizer) -> list[dict[str, st
                        f"per problem were all correct or all wrong (sample accuracy {rate:.3f}); "
                        "raise pairs.num_samples or pairs.temperature, or start from another "
                        "policy")
+  with open(os.path.join(workdir, "pairs_tokens.json"), "w") as f:
+    json.dump({"generated_tokens": int(generated)}, f)
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
     f.writelines(json.dumps(pair) + "\n" for pair in pairs)

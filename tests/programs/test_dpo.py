@@ -356,7 +356,10 @@ def test_tree_pairs_render_the_path_in_the_prompt(monkeypatch):
   config = dpo_arith.get_config("runlocal")
   config.pairs.update({"source": "trees", "margin": 0.5, "max_per_problem": 4})
   tok = tokenizers.load("synthetic")
-  pairs = dpo._tree_pairs(config, None, None, task, tok, [problem])
+  pairs, generated = dpo._tree_pairs(config, None, None, task, tok, [problem])
+  # The tokens growing the tree took: every node's step, once.
+  assert generated == sum(len(tok.encode(s)) for s in
+                          ("1 + 2 = 3", "1 + 2 = 4", "#### 3", "#### 5"))
   delimiter = tok.step_delimiter
   assert pairs == [
       {"prompt": task.prompt(problem) + "1 + 2 = 3" + delimiter, "chosen": "#### 3",
@@ -389,6 +392,8 @@ def test_step_dpo_runlocal_trains_on_step_pairs(sft_workdir, tmp_path):
   assert any(p["prompt"] not in prompts for p in pairs)  # some pairs are past the first step
   with open(tmp_path / "results.json") as f:
     assert json.load(f)["pairs"] == len(pairs)
+  with open(tmp_path / "pairs_tokens.json") as f:  # at least the pairs' own step texts
+    assert json.load(f)["generated_tokens"] >= len(pairs)
 
 
 def test_correction_pairs_pair_second_attempts_after_each_first(monkeypatch):
@@ -419,8 +424,11 @@ def test_correction_pairs_pair_second_attempts_after_each_first(monkeypatch):
                     wrong[question]])
     return out
 
-  monkeypatch.setattr(dpo, "generate_texts", fake)
-  pairs = dpo._correction_pairs(config, None, None, task, tokenizers.load("synthetic"), problems)
+  sampled = []  # every attempt, first and second: what the token count adds up
+  monkeypatch.setattr(dpo, "generate_texts", lambda *a, **k: sampled.extend(fake(*a)) or fake(*a))
+  tok = tokenizers.load("synthetic")
+  pairs, generated = dpo._correction_pairs(config, None, None, task, tok, problems)
+  assert generated == sum(len(tok.encode(t)) for row in sampled for t in row)
   prompt = lambda p, first: dpo.correction_prompt(task.prompt(p), first, cue)  # noqa: E731
   assert pairs == [
       {"prompt": prompt(problems[0], right[problems[0].question]),
