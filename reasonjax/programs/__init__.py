@@ -4,8 +4,8 @@ a program."""
 
 from collections.abc import Callable
 
-from reasonjax.programs import (dpo, expert_iteration, grpo, hrm, model_report, process_bench,
-                                reward_model, search, self_play, sft)
+from reasonjax.programs import (distill, dpo, expert_iteration, grpo, hrm, model_report,
+                                process_bench, reward_model, search, self_play, sft)
 from reasonjax.training import loop
 
 PROGRAMS: dict[str, Callable] = {
@@ -19,6 +19,7 @@ PROGRAMS: dict[str, Callable] = {
     "expert_iteration": expert_iteration.run,
     "process_bench": process_bench.run,
     "self_play": self_play.run,
+    "distill": distill.run,
 }
 
 
@@ -60,6 +61,7 @@ CHECKS: dict[str, Callable] = {
     "expert_iteration": expert_iteration.check_config,
     "process_bench": process_bench.check_config,
     "self_play": self_play.check_config,
+    "distill": distill.check_config,
 }
 
 __all__ = ["CHECKS", "PROGRAMS", "TOOLS", "check_config", "get"]

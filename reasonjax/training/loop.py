@@ -184,7 +184,7 @@ def _as_floats(tree: dict[str, Any]) -> dict[str, float]:
 
 
 def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, batches,
-          params=None, frozen=None,
+          params=None, frozen=None, frozen_cfg: ModelConfig | None = None,
           evaluate: Callable[[Any, jax.Array], dict[str, float]] | None = None
           ) -> tuple[state_lib.TrainState, dict[str, float]]:
   """Trains `config.steps` steps (or resumes and finishes them).
@@ -199,7 +199,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       parameters.
     params: initial parameters (e.g. from a checkpoint); None initialises them randomly.
     frozen: parameters the loss reads but does not train (a reference model), placed like
-      `params`.
+      `params`, or like the parameters of `frozen_cfg` when given (a distillation teacher of
+      another shape).
     evaluate: `evaluate(params, rng) -> metrics`, run every `eval_every` steps and at the end
       (a rerun of a finished run reuses the final evaluation it logged).
 
@@ -220,7 +221,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     # (the whole plan, batch included, is checked at the first batch).
     memory.check_fits(memory.plan(cfg, mesh_shape=mesh.shape, rules=rules, batch_size=0,
                                   seq_len=0, accum_steps=config.accum_steps,
-                                  reference=frozen is not None), memory.device_memory())
+                                  reference=frozen_cfg or frozen is not None),
+                      memory.device_memory())
   with contextlib.ExitStack() as closing, sharding.axis_rules(mesh, rules):
     # Closed in reverse order however the run ends: bar, metrics writer, checkpointer.
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -239,7 +241,9 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       state, _ = state_lib.init_state(cfg, tx, jax.random.key(config.seed), mesh=mesh,
                                       rules=rules, params=params)
     del params  # Now in the state; the caller's copy may be freed.
-    frozen_args = () if frozen is None else (jax.device_put(frozen, shardings.params),)
+    frozen_shardings = (shardings.params if frozen_cfg is None else
+                        state_lib.state_shardings(frozen_cfg, tx, mesh, rules).params)
+    frozen_args = () if frozen is None else (jax.device_put(frozen, frozen_shardings),)
     del frozen
     step = int(state.step)
     data_state = batches.get_state()  # The position after the last trained batch.
@@ -249,7 +253,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       rows = max(len(v) for v in host_batch.values()) * jax.process_count()
       sharding.check_batch(rows, mesh, rules)
       # Before compiling the step: the memory breakdown, and a run that cannot fit refused.
-      plan = memory.plan_for_run(config, cfg, mesh.shape, host_batch, reference=bool(frozen_args))
+      plan = memory.plan_for_run(config, cfg, mesh.shape, host_batch,
+                                 reference=frozen_cfg or bool(frozen_args))
       available = memory.device_memory()
       _say(memory.format_plan(plan, available))
       if config.get("check_memory", True):
@@ -258,7 +263,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
                        if host_batch is not None else None)
     train_step = step_lib.jit_train_step(
         loss_fn, tx, shardings, batch_shardings,
-        shardings.params if frozen_args else None, accum_steps=config.accum_steps)
+        frozen_shardings if frozen_args else None, accum_steps=config.accum_steps)
     # A run stopped after its final checkpoint has logged its final evaluation, or not.
     final_eval = (_logged_final_eval(workdir, step)
                   if step == config.steps and evaluate is not None else {})

@@ -250,7 +250,7 @@ def effective_remat(cfg: ModelConfig, backend: str | None = None) -> str:
 
 
 def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: int,
-         seq_len: int, accum_steps: int = 1, reference: bool = False,
+         seq_len: int, accum_steps: int = 1, reference: bool | ModelConfig = False,
          kv_cache: tuple[int, int] | None = None, kv_prefix: tuple[int, int] | None = None,
          backend: str | None = None) -> Plan:
   """Estimated bytes per device of training `cfg` with AdamW (formulas in the module docstring).
@@ -262,7 +262,8 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
     batch_size: global rows per optimizer step; seq_len: tokens per row (both summed over a
       batch's `*inputs` fields by `plan_for_run`).
     accum_steps: micro-batches per step (`config.accum_steps`).
-    reference: a frozen reference model (DPO, GRPO with a KL term, SFT with kl_weight).
+    reference: a frozen reference model (DPO, GRPO with a KL term, SFT with kl_weight): True
+      for one of `cfg`'s shape, or its ModelConfig (a distillation teacher).
     kv_cache: (rows, slots) of the sampler's per-row cache, or None when nothing samples
       during training; kv_prefix: (prompts, slots) of a cache shared by each prompt's rows.
     backend: the XLA backend the step compiles for ('cpu', 'gpu', 'tpu'); default: JAX's.
@@ -296,7 +297,9 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
   ref = 0
   if reference:
     # Its forward pass is not differentiated: one layer at a time, and its float32 logits.
-    ref = params + int(4 * vocab * tokens)
+    ref_cfg, ref_vocab = (cfg, vocab) if reference is True else (
+        reference, reference.vocab_size / split("act_vocab", reference.vocab_size))
+    ref = param_bytes(ref_cfg, mesh_shape, rules) + int(4 * ref_vocab * tokens)
   kv = 0
   for part in (kv_cache, kv_prefix):
     if part is not None:
@@ -313,6 +316,14 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
               mesh=tuple(mesh_shape.items()), rows=rows, seq_len=seq_len,
               batch_size=batch_size, accum_steps=accum_steps, remat=remat,
               held_gradients=accum_steps > 1 or cfg.scan_layers)
+
+
+def compiled_bytes(stats) -> int:
+  """Bytes per device XLA assigns a compiled program, from `compiled.memory_analysis()`:
+  arguments + outputs - the buffers both hold (a donated state) + temporaries. What `plan` is
+  checked against."""
+  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
+          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
 
 
 def _cache_bytes(cfg: ModelConfig, rows: int, slots: int, mesh_shape, rules) -> int:
@@ -398,7 +409,7 @@ def check_fits(plan: Plan, available: tuple[int, str]) -> None:
 
 
 def plan_for_run(config, cfg: ModelConfig, mesh_shape: Mapping[str, int], host_batch, *,
-                 reference: bool) -> Plan:
+                 reference: bool | ModelConfig) -> Plan:
   """The `plan` of a `loop.train` run from its config and first host batch.
 
   Tokens per step: every `*inputs` field of the batch (a preference pair's two, a rollout

@@ -40,9 +40,7 @@ def compiled_bytes(cfg, mesh_sizes, batch_size: int, seq_len: int) -> int:
   loss_fn = functools.partial(step_lib.sft_loss, model=models.Model(cfg))
   with sharding.axis_rules(mesh, AXIS_RULES):
     train_step = step_lib.jit_train_step(loss_fn, tx, shardings, batch_shardings)
-    stats = train_step.lower(state, batch).compile().memory_analysis()
-  return (stats.argument_size_in_bytes + stats.output_size_in_bytes
-          - stats.alias_size_in_bytes + stats.temp_size_in_bytes)
+    return memory.compiled_bytes(train_step.lower(state, batch).compile().memory_analysis())
 
 
 # (model, batch rows, tokens per row, the component that dominates the plan, whether the step is
@@ -184,3 +182,19 @@ def test_the_loop_prints_the_plan_and_refuses_a_run_that_cannot_fit(tmp_path, mo
   with pytest.raises(Compiling):
     loop.train(config, str(tmp_path / "forced"), cfg=cfg, loss_fn=loss_fn,
                batches=batching.batches(examples, batch_size=8, seq_len=64))
+
+
+def test_a_reference_of_another_shape_counts_its_own_parameters_and_logits():
+  """A distillation teacher: its parameter bytes (the parameter tree's leaves, counted here
+  from `param_shapes`) and its float32 logits over the tokens of a device's micro-batch."""
+  student = models.preset("tiny", num_layers=1, hidden_size=64, intermediate_size=128,
+                          vocab_size=512)
+  teacher = models.preset("tiny", vocab_size=512)
+  mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+  kwargs = dict(mesh_shape=mesh, rules=AXIS_RULES, batch_size=4, seq_len=32)
+  plan = memory.plan(student, reference=teacher, **kwargs)
+  leaves = jax.tree.leaves(models.param_shapes(teacher))
+  teacher_bytes = sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves)
+  assert plan.reference == teacher_bytes + 4 * 512 * 4 * 32
+  same = memory.plan(teacher, reference=True, **kwargs)
+  assert same.reference == memory.plan(teacher, reference=teacher, **kwargs).reference
