@@ -12,7 +12,8 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
 # What each notebook's output must show: the check it exists to make.
 EXPECTED = {"01_quickstart.ipynb": "max |logits difference|",
             "02_sft_then_grpo.ipynb": "logprob_gap_max",
-            "04_sharding_and_memory.ipynb": "planner total"}
+            "04_sharding_and_memory.ipynb": "planner total",
+            "05_recipes.ipynb": "held-out accuracy"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)

@@ -57,7 +57,6 @@ untrained minibatches, so a resumed run trains on the same rollouts.
 from __future__ import annotations
 
 import functools
-import json
 import os
 import time
 
@@ -706,16 +705,10 @@ def run(config, workdir: str) -> dict:
   _, cfg, params = stages.load_policy(config, workdir)
   model = models.Model(cfg)
   evaluate = experiment.evaluator(config, cfg, task, tokenizer)
-  start_path = os.path.join(workdir, "start_eval.json")
   start = {}
   if evaluate is not None:
-    if os.path.exists(start_path):
-      with open(start_path) as f:
-        start = json.load(f)
-    else:
-      start = evaluate(params, jax.random.key(config.seed + 1))
-      with open(start_path, "w") as f:
-        json.dump(start, f, indent=2)
+    start = stages.json_file(os.path.join(workdir, "start_eval.json"),
+                             lambda: evaluate(params, jax.random.key(config.seed + 1)))
   if start:
     print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
   problems = task.generate(config.task.num_train, seed=config.seed, split=config.train_split)
