@@ -12,6 +12,7 @@ NOTEBOOKS = sorted(glob.glob(os.path.join(ROOT, "colabs", "*.ipynb")))
 # What each notebook's output must show: the check it exists to make.
 EXPECTED = {"01_quickstart.ipynb": "max |logits difference|",
             "02_sft_then_grpo.ipynb": "logprob_gap_max",
+            "03_search_and_reward_models.ipynb": "best-of-N accuracy",
             "04_sharding_and_memory.ipynb": "planner total",
             "05_recipes.ipynb": "held-out accuracy"}
 

@@ -83,7 +83,8 @@ def check_config(config) -> None:
       raise ValueError(f"config.{name} (a nested {name} run): {e}") from None
 
 
-def _policy(config, section, cfg, params, task: Task, tokenizer) -> StepPolicy:
+def step_policy(config, section, cfg, params, task: Task, tokenizer) -> StepPolicy:
+  """The `StepPolicy` of a config section (`config.trees` or `config.evaluation`)."""
   return StepPolicy(models.Model(cfg), params, tokenizer, task, temperature=section.temperature,
                     top_p=section.top_p, max_step_tokens=section.max_step_tokens,
                     max_steps=section.get("max_steps", config.trees.max_depth),
@@ -163,9 +164,10 @@ def _record(row) -> tree_data.StepExample:
   return tree_data.StepExample(problem, tuple(previous), current, label)
 
 
-def _train_reward_models(config, workdir, policy_path, task, tokenizer, problems, rows
-                         ) -> dict[str, str]:
-  """name -> the export of each reward model, trained on its records unless it is there."""
+def train_reward_models(config, workdir, policy_path, task, tokenizer, problems, rows
+                        ) -> dict[str, str]:
+  """name -> the export of each reward model (`config.reward_models.names`), trained on its
+  records (`records`' rows of name) in workdir/rm_<name> unless it is there."""
 
   def train(c, d, name):
     examples = [tree_data.to_example(tokenizer, task.prompt(problems[r[0]]), _record(r))
@@ -179,7 +181,7 @@ def _train_reward_models(config, workdir, policy_path, task, tokenizer, problems
           for name in config.reward_models.names}
 
 
-def _scorers(config, paths, task, tokenizer) -> dict[str, tuple]:
+def named_scorers(config, paths, task, tokenizer) -> dict[str, tuple]:
   """name -> (scorer, aggregation): the oracle and each reward model (scored as trained: on
   every step, answer lines included; orm by its last score)."""
   out = {}
@@ -399,18 +401,18 @@ def run(config, workdir: str) -> dict:
   clock("policy")
   train_problems = task.generate(config.trees.num_problems, seed=config.seed + 1000,
                                  split="train")
-  tree_policy = _policy(config, config.trees, cfg, params, task, tokenizer)
+  tree_policy = step_policy(config, config.trees, cfg, params, task, tokenizer)
   trees, hnc_trees, hnc = _trees(config, workdir, tree_policy, train_problems)
   rows = stages.json_file(os.path.join(workdir, "records.json"),
                           lambda: records(config, trees, hnc_trees))
   clock("trees, HNC and records")
-  rm_paths = _train_reward_models(config, workdir, policy_path, task, tokenizer,
-                                  train_problems, rows)
+  rm_paths = train_reward_models(config, workdir, policy_path, task, tokenizer,
+                                 train_problems, rows)
   clock("reward models")
-  named = _scorers(config, rm_paths, task, tokenizer)
+  named = named_scorers(config, rm_paths, task, tokenizer)
   test_problems = task.generate(config.evaluation.num_problems, seed=config.seed,
                                 split="test")
-  eval_policy = _policy(config, config.evaluation, cfg, params, task, tokenizer)
+  eval_policy = step_policy(config, config.evaluation, cfg, params, task, tokenizer)
   evaluation, ranked = [], []
   for seed in config.evaluation.seeds:
     out = stages.json_file(
