@@ -46,6 +46,7 @@ setuptools.setup(
             "matplotlib>=3.8,<4",  # the colabs' plots
             # The only torch that installs as a CPU wheel on the CI machines; any other spec pulls CUDA.
             "torch==2.13.0",
+            "peft>=0.15,<1",  # LoRA exports are checked by loading them with peft
         ],
         "gpu": ["jax[cuda12]>=0.10.2,<0.13"],
         "tpu": ["jax[tpu]>=0.10.2,<0.13"],

@@ -1,0 +1,139 @@
+"""LoRA adapters (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models") on the
+decoder's projection kernels: a pytree of their own beside the frozen parameters.
+
+    adapters = lora.init(cfg, rng, rank=8, targets=("q_proj", "v_proj"))
+    logits = model.apply({"params": lora.merge(params, adapters, scale=alpha / 8)}, tokens)
+    lora.save_peft(path, cfg, adapters, rank=8, alpha=16)   # `peft` loads it onto transformers
+
+A kernel W of Flax shape [*in, *out] (q_proj [hidden, heads, head_dim], o_proj [heads,
+head_dim, hidden]) is a matrix [I, O]; its adapter holds a [I, r] and b [r, O], and the model
+runs with
+
+    W' = W + (alpha / r) (a b).reshape(W.shape)
+
+b starts at zero, so W' = W before training; a is uniform in +-1/sqrt(I), PEFT's default (Kaiming
+uniform with a = sqrt(5)). With `scan_layers`, kernels and adapters have a leading layer axis.
+PEFT's files hold lora_A.weight = a^T [r, I] and lora_B.weight = b^T [O, r] under the module's
+Hugging Face name with the prefix "base_model.model.", and W_hf + s B A is the same update.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import safetensors.numpy
+
+from reasonjax.models.config import ModelConfig
+from reasonjax.models.hf import _get, _set, _table
+
+TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+_PREFIX = "base_model.model."
+
+
+def check(rank: int, targets: Sequence[str]) -> None:
+  """Raises ValueError unless rank >= 1 and targets is a non-empty subset of TARGETS."""
+  if not (isinstance(rank, int) and rank >= 1):
+    raise ValueError(f"lora rank={rank!r}: expected an integer >= 1")
+  unknown = sorted(set(targets) - set(TARGETS))
+  if not targets or unknown:
+    raise ValueError(f"lora targets={tuple(targets)}: expected names from {list(TARGETS)}")
+
+
+def _kernels(cfg: ModelConfig, targets: Sequence[str]):
+  """(Flax path of the kernel, its HF name, I, O) of each targeted kernel."""
+  for keys, name, shape, n_in in _table(cfg):
+    if keys[-1] == "kernel" and keys[-2] in targets:
+      yield keys, name, math.prod(shape[:n_in]), math.prod(shape[n_in:])
+
+
+def init(cfg: ModelConfig, rng: jax.Array, *, rank: int, targets: Sequence[str] = TARGETS,
+         dtype=jnp.float32) -> dict:
+  """Adapters {module path: {"lora_a": [(L,) I, r], "lora_b": [(L,) r, O]}}, b = 0."""
+  check(rank, targets)
+  adapters = {}
+  for k, (keys, _, n_in, n_out) in enumerate(_kernels(cfg, targets)):
+    lead = (cfg.num_layers,) if keys[0] == "layers" else ()
+    bound = 1.0 / math.sqrt(n_in)
+    a = jax.random.uniform(jax.random.fold_in(rng, k), lead + (n_in, rank), dtype, -bound, bound)
+    _set(adapters, keys[:-1], {"lora_a": a, "lora_b": jnp.zeros(lead + (rank, n_out), dtype)})
+  return adapters
+
+
+def merge(params, adapters, *, scale: float):
+  """`params` with each adapted kernel W replaced by W + scale (a b).reshape(W.shape), in W's
+  dtype; every other leaf as it is. Differentiable in `adapters`; jit it with the step."""
+  if "lora_a" in adapters:
+    kernel = params["kernel"]
+    delta = jnp.matmul(adapters["lora_a"].astype(jnp.float32),
+                       adapters["lora_b"].astype(jnp.float32))
+    return {**params, "kernel": kernel + (scale * delta).reshape(kernel.shape).astype(kernel.dtype)}
+  return {k: merge(v, adapters[k], scale=scale) if k in adapters else v
+          for k, v in params.items()}
+
+
+def _peft_tensors(cfg: ModelConfig, targets: Sequence[str]):
+  """(Flax path, layer index or None, PEFT name of lora_A, of lora_B) of each adapter matrix."""
+  for keys, name, _, _ in _kernels(cfg, targets):
+    for i in range(cfg.num_layers) if "{i}" in name else [None]:
+      module = _PREFIX + name.format(i=i).removesuffix(".weight")
+      yield keys, i, module + ".lora_A.weight", module + ".lora_B.weight"
+
+
+def save_peft(path: str, cfg: ModelConfig, adapters, *, rank: int, alpha: float,
+              targets: Sequence[str] = TARGETS, base_model: str = "") -> None:
+  """Writes `adapters` as a PEFT LoRA folder (adapter_config.json, adapter_model.safetensors)
+  that `peft.PeftModel.from_pretrained(transformers_model, path)` loads; `base_model` is
+  recorded as base_model_name_or_path."""
+  check(rank, targets)
+  tensors = {}
+  for keys, i, name_a, name_b in _peft_tensors(cfg, targets):
+    a, b = (np.asarray(jax.device_get(_get(adapters, keys[:-1])[k]), np.float32)
+            for k in ("lora_a", "lora_b"))
+    if i is not None:
+      a, b = a[i], b[i]
+    tensors[name_a], tensors[name_b] = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
+  os.makedirs(path, exist_ok=True)
+  safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_FILE), {"format": "pt"})
+  settings = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
+              "target_modules": sorted(targets), "lora_dropout": 0.0, "bias": "none",
+              "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True,
+              "inference_mode": True, "modules_to_save": None,
+              "base_model_name_or_path": base_model}
+  with open(os.path.join(path, CONFIG_FILE), "w") as f:
+    json.dump(settings, f, indent=2)
+
+
+def load_peft(path: str, cfg: ModelConfig) -> tuple[dict, dict]:
+  """(adapters, adapter_config.json's settings) of a PEFT LoRA folder written for `cfg`'s
+  architecture (by `save_peft` or by peft itself, without bias or rsLoRA)."""
+  with open(os.path.join(path, CONFIG_FILE)) as f:
+    settings = json.load(f)
+  if settings.get("peft_type") != "LORA" or settings.get("use_rslora") or \
+      settings.get("bias", "none") != "none":
+    raise ValueError(f"{path}/{CONFIG_FILE}: expected a plain LoRA adapter (peft_type LORA, "
+                     f"bias none, no rsLoRA); got {settings}")
+  targets = settings["target_modules"]
+  targets = [targets] if isinstance(targets, str) else targets
+  check(settings["r"], targets)
+  weights = safetensors.numpy.load_file(os.path.join(path, WEIGHTS_FILE))
+  parts: dict[tuple, dict] = {}
+  for keys, i, name_a, name_b in _peft_tensors(cfg, targets):
+    missing = [n for n in (name_a, name_b) if n not in weights]
+    if missing:
+      raise ValueError(f"{path}/{WEIGHTS_FILE}: no tensor {missing[0]}")
+    pair = parts.setdefault(keys[:-1], {"lora_a": [], "lora_b": []})
+    pair["lora_a"].append(weights[name_a].T)
+    pair["lora_b"].append(weights[name_b].T)
+  adapters = {}
+  for module, pair in parts.items():
+    stacked = module[0] == "layers"
+    _set(adapters, module, {k: jnp.asarray(np.stack(v) if stacked else v[0])
+                            for k, v in pair.items()})
+  return adapters, settings

@@ -1,0 +1,104 @@
+"""models/lora.py: the merge against numpy float64, the PEFT folder against `peft` itself (the
+adapted transformers model's logits equal the Flax model's on the merged parameters), scanned
+layers, and the file round trip."""
+
+import json
+
+import jax
+import numpy as np
+import peft
+import pytest
+import torch
+
+from reasonjax import models
+from reasonjax.models import lora
+from tests.conftest import hf_model, right_padded_batch
+from tests.models.test_hf import jax_logits, max_real_token_diff, torch_logits
+
+
+def _trained(adapters, seed=1):
+  """Adapters as after training: b no longer zero."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda x: np.asarray(rng.normal(size=x.shape) * 0.2, np.float32),
+                      adapters)
+
+
+def test_merge_against_numpy():
+  cfg = models.preset("tiny", num_layers=2, vocab_size=128, hidden_size=32, intermediate_size=64,
+                      num_heads=4, num_kv_heads=2, head_dim=8)
+  params = jax.tree.map(np.asarray, models.init_params(cfg, jax.random.key(0)))
+  fresh = lora.init(cfg, jax.random.key(1), rank=3, targets=("q_proj", "o_proj", "down_proj"))
+  merged = lora.merge(params, fresh, scale=2.0)
+  jax.tree.map(np.testing.assert_array_equal, merged, params)  # b = 0: nothing changes
+  adapters = _trained(fresh)
+  merged = lora.merge(params, adapters, scale=2.0)
+  for layer in ("layers_0", "layers_1"):
+    for group, name in (("self_attn", "q_proj"), ("self_attn", "o_proj"), ("mlp", "down_proj")):
+      w = np.asarray(params[layer][group][name]["kernel"], np.float64)
+      a, b = (np.asarray(adapters[layer][group][name][k], np.float64) for k in ("lora_a",
+                                                                                 "lora_b"))
+      n_in = 2 if name == "o_proj" else 1  # o_proj's input is [heads, head_dim]
+      matrix = w.reshape(int(np.prod(w.shape[:n_in])), -1) + 2.0 * a @ b
+      np.testing.assert_allclose(merged[layer][group][name]["kernel"], matrix.reshape(w.shape),
+                                 rtol=1e-5, atol=1e-6)
+    # Untargeted kernels and other leaves are the same arrays.
+    np.testing.assert_array_equal(merged[layer]["self_attn"]["k_proj"]["kernel"],
+                                  params[layer]["self_attn"]["k_proj"]["kernel"])
+  assert set(adapters["layers_0"]["self_attn"]) == {"q_proj", "o_proj"}
+  assert adapters["layers_0"]["self_attn"]["q_proj"]["lora_a"].shape == (32, 3)
+  assert adapters["layers_0"]["self_attn"]["o_proj"]["lora_b"].shape == (3, 32)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_peft_loads_the_adapters_with_the_same_logits(kind, tmp_path):
+  torch_model = hf_model(kind)
+  torch_model.save_pretrained(tmp_path / "base")
+  cfg, params = models.load_hf(str(tmp_path / "base"))
+  rank, alpha = 4, 8.0
+  adapters = _trained(lora.init(cfg, jax.random.key(0), rank=rank))
+  lora.save_peft(str(tmp_path / "adapter"), cfg, adapters, rank=rank, alpha=alpha,
+                 base_model=str(tmp_path / "base"))
+  adapted = peft.PeftModel.from_pretrained(torch_model, str(tmp_path / "adapter")).eval()
+  tokens, mask = right_padded_batch(cfg.vocab_size)
+  merged = lora.merge(params, adapters, scale=alpha / rank)
+  want = torch_logits(adapted, tokens, mask)
+  assert max_real_token_diff(jax_logits(cfg, merged, tokens, mask), want, mask) <= 1e-4
+  # The adapters change the logits: the comparison is not of the base model with itself.
+  assert max_real_token_diff(jax_logits(cfg, params, tokens, mask), want, mask) > 1e-2
+  # The merged parameters exported as a plain checkpoint give the same logits too.
+  models.save_hf(cfg, merged, str(tmp_path / "merged"))
+  import transformers
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"),
+                                                               dtype=torch.float32).eval()
+  assert max_real_token_diff(torch_logits(reloaded, tokens, mask), want, mask) <= 1e-4
+
+
+def test_scanned_layers_and_the_file_round_trip(tmp_path):
+  cfg = models.preset("tiny", num_layers=3, vocab_size=128, hidden_size=32, intermediate_size=64,
+                      num_heads=4, num_kv_heads=2, head_dim=8)
+  params = models.init_params(cfg, jax.random.key(0))
+  adapters = _trained(lora.init(cfg, jax.random.key(1), rank=2, targets=("v_proj", "up_proj")))
+  lora.save_peft(str(tmp_path), cfg, adapters, rank=2, alpha=4.0, targets=("v_proj", "up_proj"))
+  with open(tmp_path / lora.CONFIG_FILE) as f:
+    assert json.load(f)["target_modules"] == ["up_proj", "v_proj"]
+  loaded, settings = lora.load_peft(str(tmp_path), cfg)
+  jax.tree.map(np.testing.assert_array_equal, loaded, adapters)
+  assert settings["r"] == 2 and settings["lora_alpha"] == 4.0
+  # The same adapters read for the scanned layout: a leading layer axis, the same merge.
+  scanned = cfg.replace(scan_layers=True)
+  stacked, _ = lora.load_peft(str(tmp_path), scanned)
+  assert stacked["layers"]["self_attn"]["v_proj"]["lora_a"].shape == (3, 32, 2)
+  models.save_hf(cfg, params, str(tmp_path / "base"))
+  _, stacked_params = models.load_hf(str(tmp_path / "base"), scan_layers=True)
+  merged = lora.merge(stacked_params, stacked, scale=2.0)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6),
+               models.unstack_layers(merged), lora.merge(params, adapters, scale=2.0))
+
+
+@pytest.mark.parametrize("rank, targets, match", [(0, ("q_proj",), "rank"),
+                                                  (2, ("qkv",), "targets"), (2, (), "targets")])
+def test_bad_settings_are_refused(rank, targets, match):
+  cfg = models.preset("tiny", num_layers=1, vocab_size=128, hidden_size=32,
+                      intermediate_size=64, num_heads=4, num_kv_heads=2, head_dim=8)
+  with pytest.raises(ValueError, match=match):
+    lora.init(cfg, jax.random.key(0), rank=rank, targets=targets)
