@@ -667,6 +667,17 @@ def make_scorer(config, task: Task, tokenizer):
   return rm_reward.RewardModelReward.from_section(rm, task, tokenizer, truth)
 
 
+def selection(config, workdir: str, make) -> dict:
+  """ThinkLite's selection (`make()`: `select_problems`), made once into workdir/selection.json;
+  a rerun under other selection settings (data_selection, task, init_from, seed) is refused
+  (`stages.SettingsChanged`) instead of training on a stale selection."""
+  stages.check_settings(os.path.join(workdir, "selection_settings.json"),
+                        {"data_selection": config.data_selection.to_dict(),
+                         "task": config.task.to_dict(), "init_from": config.init_from,
+                         "seed": config.seed})
+  return stages.json_file(os.path.join(workdir, "selection.json"), make)
+
+
 def select_problems(config, model, params, task: Task, tokenizer, problems) -> dict:
   """ThinkLite's data selection (`config.data_selection`): each problem's simulations to solve
   by step-level MCTS with rollout values (`search.methods.simulations_to_solve`), each process
@@ -713,7 +724,7 @@ def run(config, workdir: str) -> dict:
     print("starting policy: " + " ".join(f"{k}={v:.4g}" for k, v in start.items()), flush=True)
   problems = task.generate(config.task.num_train, seed=config.seed, split=config.train_split)
   if config.data_selection.simulations:
-    chosen = stages.json_file(os.path.join(workdir, "selection.json"), lambda: select_problems(
+    chosen = selection(config, workdir, lambda: select_problems(
         config, model, params, task, tokenizer, problems))
     problems = [problems[i] for i in chosen["kept"]]
     logging.info("ThinkLite selection: %d of %d problems kept", len(problems),

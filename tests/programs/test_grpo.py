@@ -610,6 +610,20 @@ def test_select_problems_keeps_the_hard_but_solvable(keep_unsolved, monkeypatch)
     grpo.select_problems(config, MODEL, None, task, tokenizers.load("synthetic"), problems)
 
 
+def test_the_selection_is_made_once_and_refused_under_other_settings(tmp_path):
+  from reasonjax.programs import stages
+  config = grpo_arith.get_config("runlocal")
+  config.data_selection.update({"simulations": 32, "min_simulations": 8})
+  calls = []
+  make = lambda: calls.append(1) or {"kept": [len(calls)]}  # noqa: E731
+  assert grpo.selection(config, str(tmp_path), make) == {"kept": [1]}
+  assert grpo.selection(config, str(tmp_path), make) == {"kept": [1]} and len(calls) == 1
+  config.data_selection.min_simulations = 16
+  with pytest.raises(stages.SettingsChanged, match="min_simulations"):
+    grpo.selection(config, str(tmp_path), make)
+  assert len(calls) == 1
+
+
 @pytest.mark.slow
 def test_thinklite_runlocal_trains_on_the_selected_problems(sft_workdir, tmp_path):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
