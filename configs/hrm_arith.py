@@ -21,9 +21,9 @@ from configs import common, grpo_arith, sft_arith
 
 
 def policy_sft(runlocal: bool, countdown: bool) -> ml_collections.ConfigDict:
-  """The starting policy: a quick SFT run that solves some of the problems greedily (about half
-  of arithmetic's, about a tenth of Countdown's), so that trees hold right and wrong paths (the
-  full sft_arith config solves nearly all)."""
+  """The starting policy: a quick SFT run that solves some of the problems greedily (a fifth to a
+  half of arithmetic's, varying between machines and versions; about a tenth of Countdown's), so
+  that trees hold right and wrong paths (the full sft_arith config solves nearly all)."""
   sft = sft_arith.nested(True)
   if runlocal and not countdown:
     return sft  # The tests' shared SFT start (sft_arith:runlocal) solves these.
