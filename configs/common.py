@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from reasonjax.models.lora import TARGETS as LORA_TARGETS
+
 # Logical axis -> mesh axis. Parameters shard their `embed` dim over fsdp (ZeRO-3 style) and
 # heads / mlp / vocab over tensor (Megatron style); activations shard the batch over data and fsdp.
 AXIS_RULES = (
@@ -104,7 +106,10 @@ def loop(config: ml_collections.ConfigDict, *, steps: int, batch_size: int, seq_
       "resume_from": "newest_intact", "optimizer": ml_collections.ConfigDict(),
       # Refuse, at start, a run the memory planner says cannot fit (training/memory.py).
       "check_memory": True,
-      "mesh": mesh(), "axis_rules": AXIS_RULES}
+      "mesh": mesh(), "axis_rules": AXIS_RULES,
+      # rank > 0: train LoRA adapters of `targets` on a frozen init_from (training/loop.py);
+      # alpha / rank scales the update.
+      "lora": ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": LORA_TARGETS})}
   optimizer = {"weight_decay": 0.1, "clip_norm": 1.0, "b2": 0.99, "max_nonfinite_steps": 10}
   for key, value in defaults.items():
     if key not in config:

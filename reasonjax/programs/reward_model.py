@@ -121,6 +121,10 @@ def check_config(config) -> None:
   """Raises ValueError for an unknown granularity or label kind: checked before sampling the
   data, not first when the loss is traced."""
   stages.check_policy_source(config)
+  if config.get("lora") is not None and config.lora.rank:
+    raise ValueError(f"config.lora.rank={config.lora.rank}: a reward model's new score head "
+                     "must train with it, and LoRA here trains the projections only; set "
+                     "config.lora.rank=0")
   if config.granularity not in GRANULARITIES:
     raise ValueError(f"config.granularity={config.granularity!r}; expected one of "
                      f"{GRANULARITIES}")

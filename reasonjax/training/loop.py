@@ -31,6 +31,7 @@ state is made, the others at the first batch.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -45,7 +46,8 @@ import numpy as np
 import tqdm
 
 from reasonjax import checkpoint, distributed, metrics as metrics_lib, models, sharding
-from reasonjax.models import ModelConfig
+from reasonjax.models import ModelConfig, lora
+from reasonjax.models.decoder import init_boxed_params
 from reasonjax.training import memory, optim, state as state_lib, step as step_lib
 
 
@@ -85,6 +87,18 @@ def check_config(config) -> None:
     raise ValueError(f"config.resume_from={resume_from!r}; expected one of "
                      f"{checkpoint.RESUME_FROM} or a checkpoint's step number")
   optim.check_fields(optim.FIELDS | {"total_steps": config.steps} | dict(config.optimizer))
+  adapters = config.get("lora")
+  if adapters is not None and adapters.rank:
+    lora.check(adapters.rank, tuple(adapters.targets))
+    if not adapters.alpha > 0:
+      raise ValueError(f"config.lora.alpha={adapters.alpha!r}: expected > 0 (the update is "
+                       "scaled by alpha / rank)")
+
+
+def _lora(config):
+  """`config.lora` when adapters train (rank > 0), else None."""
+  section = config.get("lora")
+  return section if section is not None and section.rank else None
 
 
 # Batch fields that measure the machine (wall-clock time, speed), not the data: left out of the
@@ -174,9 +188,10 @@ def _logged_final_eval(workdir: str, step: int) -> dict[str, float]:
   return {k[len("eval/"):]: v for row in rows for k, v in row.items() if k.startswith("eval/")}
 
 
-def _next_batch(batches, state: state_lib.TrainState) -> dict[str, np.ndarray]:
-  """An on-policy source samples with the parameters of the step just dispatched."""
-  return batches.next_batch(state.params) if hasattr(batches, "next_batch") else next(batches)
+def _next_batch(batches, policy: Callable[[], Any]) -> dict[str, np.ndarray]:
+  """An on-policy source samples with the parameters of the step just dispatched (`policy()`:
+  the model's parameters, LoRA adapters merged)."""
+  return batches.next_batch(policy()) if hasattr(batches, "next_batch") else next(batches)
 
 
 def _as_floats(tree: dict[str, Any]) -> dict[str, float]:
@@ -204,10 +219,27 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     evaluate: `evaluate(params, rng) -> metrics`, run every `eval_every` steps and at the end
       (a rerun of a finished run reuses the final evaluation it logged).
 
+  With `config.lora.rank` > 0 the state trains LoRA adapters (`models.lora`) of the targeted
+  projections of `params`, which stay frozen (the optimizer holds the adapters' moments only);
+  the loss, the batch source and `evaluate` see the merged parameters, a frozen reference that
+  is `params` itself is the frozen base, and the adapters are also written as a PEFT folder,
+  workdir/adapter.
+
   Returns:
-    (final state, metrics of the final evaluation or {}).
+    (final state, metrics of the final evaluation or {}); with LoRA, the state's params are the
+    merged parameters.
   """
   check_config(config)
+  adapters = _lora(config)
+  init_params, model_shardings = init_boxed_params, None
+  if adapters is not None:
+    if params is None:
+      raise ValueError(f"config.lora.rank={adapters.rank}: adapters train on a starting model; "
+                       "set config.init_from")
+    loss_fn, frozen = _adapted(loss_fn, params, frozen, adapters.alpha / adapters.rank)
+    init_params = functools.partial(lora.init, rank=adapters.rank,
+                                    targets=tuple(adapters.targets))
+    params = None  # The adapters start fresh: b = 0, so the first step sees the base model.
   mesh = sharding.make_mesh(**config.mesh)
   rules = tuple(config.axis_rules)
   # The schedule spans the run unless the config says otherwise.
@@ -228,7 +260,8 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints)
     closing.callback(ckpt.close)
-    abstract, shardings = state_lib.abstract_state(cfg, tx, mesh=mesh, rules=rules)
+    abstract, shardings = state_lib.abstract_state(cfg, tx, mesh=mesh, rules=rules,
+                                                   init_params=init_params)
     found = ckpt.restore_for_resume(
         abstract, resume_from=str(config.get("resume_from", "newest_intact")), config=config_dict)
     if found is not None:
@@ -239,15 +272,26 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     else:
       start = None
       state, _ = state_lib.init_state(cfg, tx, jax.random.key(config.seed), mesh=mesh,
-                                      rules=rules, params=params)
+                                      rules=rules, params=params, init_params=init_params)
     del params  # Now in the state; the caller's copy may be freed.
     frozen_shardings = (shardings.params if frozen_cfg is None else
                         state_lib.state_shardings(frozen_cfg, tx, mesh, rules).params)
+    if adapters is not None:  # {"base": the model, "reference": a frozen model of its own}
+      model_shardings = state_lib.state_shardings(cfg, tx, mesh, rules).params
+      frozen_shardings = {"base": model_shardings} | (
+          {"reference": frozen_shardings if frozen_cfg is not None else model_shardings}
+          if "reference" in frozen else {})
     frozen_args = () if frozen is None else (jax.device_put(frozen, frozen_shardings),)
     del frozen
+    if adapters is None:
+      policy = lambda: state.params  # noqa: E731
+    else:
+      merge = jax.jit(functools.partial(lora.merge, scale=adapters.alpha / adapters.rank),
+                      out_shardings=model_shardings)
+      policy = lambda: merge(frozen_args[0]["base"], state.params)  # noqa: E731
     step = int(state.step)
     data_state = batches.get_state()  # The position after the last trained batch.
-    host_batch = _next_batch(batches, state) if step < config.steps else None
+    host_batch = _next_batch(batches, policy) if step < config.steps else None
     if host_batch is not None:
       # The longest field (a rollout batch's samples, not its prompts) carries the work.
       rows = max(len(v) for v in host_batch.values()) * jax.process_count()
@@ -279,7 +323,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     streak = 0  # Consecutive skipped (non-finite) updates up to the last step reported.
 
     def run_eval(at_step: int) -> dict[str, float]:
-      result = evaluate(state.params, jax.random.fold_in(jax.random.key(config.seed + 1), at_step))
+      result = evaluate(policy(), jax.random.fold_in(jax.random.key(config.seed + 1), at_step))
       writer.write(at_step, result, prefix="eval")
       _say(f"step {at_step} eval: " + " ".join(f"{k}={v:.4g}" for k, v in result.items()))
       return result
@@ -339,7 +383,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
         if pending is not None:  # Read step N-1's metrics while step N runs.
           report(*pending)
         # After the report: an on-policy source waits for step N to sample with its result.
-        host_batch = _next_batch(batches, state) if step < config.steps else None
+        host_batch = _next_batch(batches, policy) if step < config.steps else None
         pending = (step, device_metrics, fingerprint)
         save_now = ((config.checkpoint_every and step % config.checkpoint_every == 0)
                     or step == config.steps)
@@ -364,4 +408,23 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
         raise Preempted(signum, step, last_saved)
     if evaluate is not None and not final_eval:
       final_eval = run_eval(step)
+    if adapters is not None:
+      if jax.process_index() == 0:
+        lora.save_peft(os.path.join(workdir, "adapter"), cfg, state.params, rank=adapters.rank,
+                       alpha=adapters.alpha, targets=tuple(adapters.targets),
+                       base_model=str(config.get("init_from", "")))
+      state = state.replace(params=policy())
   return state, final_eval
+
+
+def _adapted(loss_fn: step_lib.LossFn, base, frozen, scale: float):
+  """(the loss of LoRA adapters, the frozen tree it reads): `loss_fn` on the base merged with
+  the adapters; its frozen argument is the base where the caller's reference is the base
+  itself (the start policy of DPO or GRPO's KL), else that reference."""
+  reference = None if frozen is None else ("base" if frozen is base else "reference")
+
+  def adapted(trained, batch, rng, frozen):
+    merged = lora.merge(frozen["base"], trained, scale=scale)
+    return loss_fn(merged, batch, rng, None if reference is None else frozen[reference])
+
+  return adapted, {"base": base} | ({"reference": frozen} if reference == "reference" else {})

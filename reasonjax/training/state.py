@@ -36,37 +36,46 @@ class TrainState:
   rng: Array
 
 
-def _boxed_state(cfg: ModelConfig, tx: optax.GradientTransformation, rng: Array) -> TrainState:
-  params = init_boxed_params(cfg, rng)
+def _boxed_state(cfg: ModelConfig, tx: optax.GradientTransformation, rng: Array,
+                 init_params=init_boxed_params) -> TrainState:
+  params = init_params(cfg, rng)
   return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                     opt_state=tx.init(params),
                     rng=jax.random.key_data(jax.random.fold_in(rng, 1)))
 
 
-def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules):
-  """NamedShardings of every TrainState leaf (params and optimizer moments by logical axes)."""
-  boxed = jax.eval_shape(functools.partial(_boxed_state, cfg, tx), jax.random.key(0))
+def state_shardings(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules,
+                    init_params=init_boxed_params):
+  """NamedShardings of every TrainState leaf (params and optimizer moments by logical axes).
+
+  `init_params(cfg, rng)` makes the trained parameters: the model's (boxed with their logical
+  axes), or another tree such as LoRA adapters (`models.lora.init`; unboxed: replicated).
+  """
+  boxed = jax.eval_shape(functools.partial(_boxed_state, cfg, tx, init_params=init_params),
+                         jax.random.key(0))
   logical = nn.get_partition_spec(boxed)
   shapes = jax.eval_shape(lambda: nn.unbox(boxed))
   return sharding.logical_to_shardings(logical, shapes, mesh, rules)  # Unboxed leaves: P().
 
 
-def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, *, mesh, rules):
+def abstract_state(cfg: ModelConfig, tx: optax.GradientTransformation, *, mesh, rules,
+                   init_params=init_boxed_params):
   """(ShapeDtypeStructs of the TrainState with their shardings, the shardings): the restore
   target of a checkpoint, built without allocating the state."""
-  shardings = state_shardings(cfg, tx, mesh, rules)
-  shapes = jax.eval_shape(lambda rng: nn.unbox(_boxed_state(cfg, tx, rng)), jax.random.key(0))
+  shardings = state_shardings(cfg, tx, mesh, rules, init_params)
+  shapes = jax.eval_shape(lambda rng: nn.unbox(_boxed_state(cfg, tx, rng, init_params)),
+                          jax.random.key(0))
   return checkpoint.abstract_like(shapes, shardings), shardings
 
 
 def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, rng: Array, *, mesh,
-               rules, params=None) -> tuple[TrainState, Any]:
+               rules, params=None, init_params=init_boxed_params) -> tuple[TrainState, Any]:
   """(state, shardings): a fresh TrainState created sharded; `params` (e.g. from load_hf)
   replace the random ones and are placed in their shardings."""
-  shardings = state_shardings(cfg, tx, mesh, rules)
+  shardings = state_shardings(cfg, tx, mesh, rules, init_params)
 
   def init(rng, params):
-    state = nn.unbox(_boxed_state(cfg, tx, rng))
+    state = nn.unbox(_boxed_state(cfg, tx, rng, init_params))
     if params is not None:
       state = state.replace(params=params, opt_state=tx.init(params))
     return state
