@@ -26,7 +26,7 @@ def test_runlocal_runs_end_to_end(tmp_path):
 @pytest.mark.parametrize("override, message", [
     ("--config.model.presett=tiny", "config.model has no key 'presett'; valid keys: ['attention_impl'"),
     ("--config.model.dtype=float16", "model.dtype='float16' is not valid; expected one of"),
-    ("--config.trainer=ppo", "config.trainer='ppo' is unknown; valid programs: ['dpo', "),
+    ("--config.trainer=ppo", "config.trainer='ppo' is unknown; valid programs: ['distill', 'dpo', "),
     ("--config.mesh.data=3", "mesh data=3 x fsdp=1 x tensor=1 = 3 devices"),
     ("--config.model.preset=gpt5", "unknown model preset 'gpt5'; valid presets"),
 ])
