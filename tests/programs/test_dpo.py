@@ -425,7 +425,12 @@ def test_correction_pairs_pair_second_attempts_after_each_first(monkeypatch):
     return out
 
   sampled = []  # every attempt, first and second: what the token count adds up
-  monkeypatch.setattr(dpo, "generate_texts", lambda *a, **k: sampled.extend(fake(*a)) or fake(*a))
+  def recorded(*args, **kwargs):
+    out = fake(*args, **kwargs)
+    sampled.extend(out)
+    return out
+
+  monkeypatch.setattr(dpo, "generate_texts", recorded)
   tok = tokenizers.load("synthetic")
   pairs, generated = dpo._correction_pairs(config, None, None, task, tok, problems)
   assert generated == sum(len(tok.encode(t)) for row in sampled for t in row)
