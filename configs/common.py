@@ -108,8 +108,10 @@ def loop(config: ml_collections.ConfigDict, *, steps: int, batch_size: int, seq_
       "check_memory": True,
       "mesh": mesh(), "axis_rules": AXIS_RULES,
       # rank > 0: train LoRA adapters of `targets` on a frozen init_from (training/loop.py);
-      # alpha / rank scales the update.
-      "lora": ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": LORA_TARGETS})}
+      # alpha / rank scales the update. modules_to_save: heads trained in full beside them
+      # (a reward model's score head always is).
+      "lora": ml_collections.ConfigDict({"rank": 0, "alpha": 16.0, "targets": LORA_TARGETS,
+                                         "modules_to_save": ()})}
   optimizer = {"weight_decay": 0.1, "clip_norm": 1.0, "b2": 0.99, "max_nonfinite_steps": 10}
   for key, value in defaults.items():
     if key not in config:

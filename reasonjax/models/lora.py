@@ -15,6 +15,12 @@ b starts at zero, so W' = W before training; a is uniform in +-1/sqrt(I), PEFT's
 uniform with a = sqrt(5)). With `scan_layers`, kernels and adapters have a leading layer axis.
 PEFT's files hold lora_A.weight = a^T [r, I] and lora_B.weight = b^T [O, r] under the module's
 Hugging Face name with the prefix "base_model.model.", and W_hf + s B A is the same update.
+
+A head in `MODULES` may train in full beside the adapters (PEFT's `modules_to_save`): it sits in
+the adapters' tree as the model's own subtree ({"score_head": {"kernel": ...}}), `merge` puts it
+in place of the base's, and the PEFT folder holds it under its Hugging Face name. A reward
+model's score head always does (`modules`), as PEFT does for sequence classification: the head
+is new, and frozen it would score at random.
 """
 
 from __future__ import annotations
@@ -30,9 +36,12 @@ import numpy as np
 import safetensors.numpy
 
 from reasonjax.models.config import ModelConfig
-from reasonjax.models.hf import _get, _set, _table
+from reasonjax.models.decoder import param_shapes
+from reasonjax.models.hf import _MODULE_NAMES, _get, _set, _table, _to_flax, _to_hf
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The modules that may train in full beside the adapters (PEFT's modules_to_save).
+MODULES = ("lm_head", "score_head")
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 
@@ -46,6 +55,18 @@ def check(rank: int, targets: Sequence[str]) -> None:
     raise ValueError(f"lora targets={tuple(targets)}: expected names from {list(TARGETS)}")
 
 
+def modules(cfg: ModelConfig, modules_to_save: Sequence[str] = ()) -> tuple[str, ...]:
+  """The modules of `cfg` that train in full: `modules_to_save`, and the score head of a reward
+  model. Raises ValueError for a name outside MODULES or absent from the model (a tied LM head)."""
+  names = set(modules_to_save) | ({"score_head"} if cfg.score_head else set())
+  unknown = sorted(names - (set(MODULES) & set(param_shapes(cfg))))
+  if unknown:
+    raise ValueError(f"lora modules_to_save={tuple(modules_to_save)}: {unknown} is not a module "
+                     f"of this model that can train in full; expected names from {list(MODULES)} "
+                     "that the model has (a tied LM head is the embedding)")
+  return tuple(sorted(names))
+
+
 def _kernels(cfg: ModelConfig, targets: Sequence[str]):
   """(Flax path of the kernel, its HF name, I, O) of each targeted kernel."""
   for keys, name, shape, n_in in _table(cfg):
@@ -54,8 +75,9 @@ def _kernels(cfg: ModelConfig, targets: Sequence[str]):
 
 
 def init(cfg: ModelConfig, rng: jax.Array, *, rank: int, targets: Sequence[str] = TARGETS,
-         dtype=jnp.float32) -> dict:
-  """Adapters {module path: {"lora_a": [(L,) I, r], "lora_b": [(L,) r, O]}}, b = 0."""
+         full: dict | None = None, dtype=jnp.float32) -> dict:
+  """Adapters {module path: {"lora_a": [(L,) I, r], "lora_b": [(L,) r, O]}}, b = 0, plus `full`
+  ({module name: its parameters}: the start of the modules trained in full)."""
   check(rank, targets)
   adapters = {}
   for k, (keys, _, n_in, n_out) in enumerate(_kernels(cfg, targets)):
@@ -63,12 +85,15 @@ def init(cfg: ModelConfig, rng: jax.Array, *, rank: int, targets: Sequence[str] 
     bound = 1.0 / math.sqrt(n_in)
     a = jax.random.uniform(jax.random.fold_in(rng, k), lead + (n_in, rank), dtype, -bound, bound)
     _set(adapters, keys[:-1], {"lora_a": a, "lora_b": jnp.zeros(lead + (rank, n_out), dtype)})
-  return adapters
+  return adapters | dict(full or {})
 
 
 def merge(params, adapters, *, scale: float):
   """`params` with each adapted kernel W replaced by W + scale (a b).reshape(W.shape), in W's
-  dtype; every other leaf as it is. Differentiable in `adapters`; jit it with the step."""
+  dtype, and each module trained in full replaced by its adapters' copy; every other leaf as it
+  is. Differentiable in `adapters`; jit it with the step."""
+  if not isinstance(adapters, dict):  # a leaf of a module trained in full
+    return adapters
   if "lora_a" in adapters:
     kernel = params["kernel"]
     delta = jnp.matmul(adapters["lora_a"].astype(jnp.float32),
@@ -86,13 +111,25 @@ def _peft_tensors(cfg: ModelConfig, targets: Sequence[str]):
       yield keys, i, module + ".lora_A.weight", module + ".lora_B.weight"
 
 
+def _full_tensors(cfg: ModelConfig, names: Sequence[str]):
+  """(Flax path, PEFT name, Flax shape, n_in) of each parameter of the modules `names`."""
+  for keys, name, shape, n_in in _table(cfg):
+    if keys[0] in names:
+      yield keys, _PREFIX + name, shape, n_in
+
+
 def save_peft(path: str, cfg: ModelConfig, adapters, *, rank: int, alpha: float,
               targets: Sequence[str] = TARGETS, base_model: str = "") -> None:
-  """Writes `adapters` as a PEFT LoRA folder (adapter_config.json, adapter_model.safetensors)
-  that `peft.PeftModel.from_pretrained(transformers_model, path)` loads; `base_model` is
-  recorded as base_model_name_or_path."""
+  """Writes `adapters` (and the modules trained in full it holds) as a PEFT LoRA folder
+  (adapter_config.json, adapter_model.safetensors) that
+  `peft.PeftModel.from_pretrained(transformers_model, path)` loads; `base_model` is recorded as
+  base_model_name_or_path."""
   check(rank, targets)
+  full = [m for m in MODULES if m in adapters]
   tensors = {}
+  for keys, name, _, n_in in _full_tensors(cfg, full):
+    x = np.asarray(jax.device_get(_get(adapters, keys)), np.float32)
+    tensors[name] = np.ascontiguousarray(_to_hf(x, n_in, keys[-1] == "bias"))
   for keys, i, name_a, name_b in _peft_tensors(cfg, targets):
     a, b = (np.asarray(jax.device_get(_get(adapters, keys[:-1])[k]), np.float32)
             for k in ("lora_a", "lora_b"))
@@ -101,10 +138,12 @@ def save_peft(path: str, cfg: ModelConfig, adapters, *, rank: int, alpha: float,
     tensors[name_a], tensors[name_b] = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
   os.makedirs(path, exist_ok=True)
   safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_FILE), {"format": "pt"})
-  settings = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": rank, "lora_alpha": alpha,
-              "target_modules": sorted(targets), "lora_dropout": 0.0, "bias": "none",
-              "fan_in_fan_out": False, "use_rslora": False, "init_lora_weights": True,
-              "inference_mode": True, "modules_to_save": None,
+  hf_names = sorted(_MODULE_NAMES[m] for m in full)
+  settings = {"peft_type": "LORA", "task_type": "SEQ_CLS" if cfg.score_head else "CAUSAL_LM",
+              "r": rank, "lora_alpha": alpha, "target_modules": sorted(targets),
+              "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
+              "init_lora_weights": True, "inference_mode": True,
+              "modules_to_save": hf_names or None,
               "base_model_name_or_path": base_model}
   with open(os.path.join(path, CONFIG_FILE), "w") as f:
     json.dump(settings, f, indent=2)
@@ -112,7 +151,8 @@ def save_peft(path: str, cfg: ModelConfig, adapters, *, rank: int, alpha: float,
 
 def load_peft(path: str, cfg: ModelConfig) -> tuple[dict, dict]:
   """(adapters, adapter_config.json's settings) of a PEFT LoRA folder written for `cfg`'s
-  architecture (by `save_peft` or by peft itself, without bias or rsLoRA)."""
+  architecture (by `save_peft` or by peft itself, without bias or rsLoRA); the adapters hold
+  the modules trained in full that the folder has."""
   with open(os.path.join(path, CONFIG_FILE)) as f:
     settings = json.load(f)
   if settings.get("peft_type") != "LORA" or settings.get("use_rslora") or \
@@ -136,4 +176,10 @@ def load_peft(path: str, cfg: ModelConfig) -> tuple[dict, dict]:
     stacked = module[0] == "layers"
     _set(adapters, module, {k: jnp.asarray(np.stack(v) if stacked else v[0])
                             for k, v in pair.items()})
+  saved = set(settings.get("modules_to_save") or ())
+  for keys, name, shape, n_in in _full_tensors(cfg, [m for m in MODULES
+                                                      if _MODULE_NAMES[m] in saved]):
+    if name not in weights:  # PEFT lists `score` for every SEQ_CLS adapter
+      continue
+    _set(adapters, keys, jnp.asarray(_to_flax(weights[name], shape, n_in)))
   return adapters, settings

@@ -20,6 +20,10 @@ same data. Evaluation on the test problems' samples reports the classification a
 AUC of the scores, and best-of-n: the accuracy of the highest-scored of each problem's samples
 (a solution's score: the last for orm, the minimum over steps for prm/hrm) against the mean
 sample accuracy.
+
+With `config.lora.rank` > 0 the policy's projections train as LoRA adapters and the new score
+head trains in full beside them (`models.lora.modules`); `workdir/adapter` is a PEFT folder of
+task type SEQ_CLS.
 """
 
 from __future__ import annotations
@@ -121,10 +125,6 @@ def check_config(config) -> None:
   """Raises ValueError for an unknown granularity or label kind: checked before sampling the
   data, not first when the loss is traced."""
   stages.check_policy_source(config)
-  if config.get("lora") is not None and config.lora.rank:
-    raise ValueError(f"config.lora.rank={config.lora.rank}: a reward model's new score head "
-                     "must train with it, and LoRA here trains the projections only; set "
-                     "config.lora.rank=0")
   if config.granularity not in GRANULARITIES:
     raise ValueError(f"config.granularity={config.granularity!r}; expected one of "
                      f"{GRANULARITIES}")

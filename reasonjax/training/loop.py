@@ -42,6 +42,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
@@ -220,7 +221,9 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       (a rerun of a finished run reuses the final evaluation it logged).
 
   With `config.lora.rank` > 0 the state trains LoRA adapters (`models.lora`) of the targeted
-  projections of `params`, which stay frozen (the optimizer holds the adapters' moments only);
+  projections of `params`, which stay frozen (the optimizer holds the adapters' moments only),
+  and in full the modules `lora.modules` names (`config.lora.modules_to_save`, a reward model's
+  score head; replicated);
   the loss, the batch source and `evaluate` see the merged parameters, a frozen reference that
   is `params` itself is the frozen base, and the adapters are also written as a PEFT folder,
   workdir/adapter.
@@ -237,9 +240,9 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       raise ValueError(f"config.lora.rank={adapters.rank}: adapters train on a starting model; "
                        "set config.init_from")
     loss_fn, frozen = _adapted(loss_fn, params, frozen, adapters.alpha / adapters.rank)
-    init_params = functools.partial(lora.init, rank=adapters.rank,
-                                    targets=tuple(adapters.targets))
-    params = None  # The adapters start fresh: b = 0, so the first step sees the base model.
+    init_params, params = _lora_start(config, cfg, params)
+  # What the memory plan counts beside the model: a frozen model other than the LoRA base.
+  reference = frozen_cfg or (frozen is not None and (adapters is None or "reference" in frozen))
   mesh = sharding.make_mesh(**config.mesh)
   rules = tuple(config.axis_rules)
   # The schedule spans the run unless the config says otherwise.
@@ -253,7 +256,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
     # (the whole plan, batch included, is checked at the first batch).
     memory.check_fits(memory.plan(cfg, mesh_shape=mesh.shape, rules=rules, batch_size=0,
                                   seq_len=0, accum_steps=config.accum_steps,
-                                  reference=frozen_cfg or frozen is not None),
+                                  reference=reference, lora_section=adapters),
                       memory.device_memory())
   with contextlib.ExitStack() as closing, sharding.axis_rules(mesh, rules):
     # Closed in reverse order however the run ends: bar, metrics writer, checkpointer.
@@ -298,7 +301,7 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
       sharding.check_batch(rows, mesh, rules)
       # Before compiling the step: the memory breakdown, and a run that cannot fit refused.
       plan = memory.plan_for_run(config, cfg, mesh.shape, host_batch,
-                                 reference=frozen_cfg or bool(frozen_args))
+                                 reference=reference)
       available = memory.device_memory()
       _say(memory.format_plan(plan, available))
       if config.get("check_memory", True):
@@ -415,6 +418,22 @@ def train(config, workdir: str, *, cfg: ModelConfig, loss_fn: step_lib.LossFn, b
                        base_model=str(config.get("init_from", "")))
       state = state.replace(params=policy())
   return state, final_eval
+
+
+def _lora_start(config, cfg: ModelConfig, base):
+  """(init_params of the trained tree, its start): fresh adapters (b = 0, so the first step
+  sees the base model) and the base's copy of each module trained in full (`lora.modules`)."""
+  section = config.lora
+  full = {m: base[m] for m in lora.modules(cfg, tuple(section.get("modules_to_save", ())))}
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), full)
+
+  def init_params(cfg, rng):  # The full modules' values come in as the start, not constants.
+    return lora.init(cfg, rng, rank=section.rank, targets=tuple(section.targets),
+                     full=jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes))
+
+  start = lora.init(cfg, jax.random.key(config.seed), rank=section.rank,
+                    targets=tuple(section.targets), full=full)
+  return init_params, start
 
 
 def _adapted(loss_fn: step_lib.LossFn, base, frozen, scale: float):

@@ -1,6 +1,7 @@
 """models/lora.py: the merge against numpy float64, the PEFT folder against `peft` itself (the
-adapted transformers model's logits equal the Flax model's on the merged parameters), scanned
-layers, and the file round trip."""
+adapted transformers model's logits, or a reward model's scores with its score head trained in
+full, equal the Flax model's on the merged parameters), scanned layers, and the file round
+trip."""
 
 import json
 
@@ -9,6 +10,7 @@ import numpy as np
 import peft
 import pytest
 import torch
+import transformers
 
 from reasonjax import models
 from reasonjax.models import lora
@@ -67,10 +69,86 @@ def test_peft_loads_the_adapters_with_the_same_logits(kind, tmp_path):
   assert max_real_token_diff(jax_logits(cfg, params, tokens, mask), want, mask) > 1e-2
   # The merged parameters exported as a plain checkpoint give the same logits too.
   models.save_hf(cfg, merged, str(tmp_path / "merged"))
-  import transformers
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"),
                                                                dtype=torch.float32).eval()
   assert max_real_token_diff(torch_logits(reloaded, tokens, mask), want, mask) <= 1e-4
+
+
+def _reward_model(path):
+  """A tiny random Llama reward model (transformers, num_labels 1) saved at `path`."""
+  torch.manual_seed(0)
+  hf_cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
+                                    num_hidden_layers=2, num_attention_heads=4,
+                                    num_key_value_heads=2, num_labels=1, pad_token_id=0,
+                                    initializer_range=0.2)
+  model = transformers.LlamaForSequenceClassification(hf_cfg).eval()
+  model.save_pretrained(path)
+  return model
+
+
+def _last_scores(cfg, params, tokens, mask):
+  scores = models.Model(cfg).apply({"params": params}, tokens, attention_mask=mask,
+                                   method=models.Model.score)
+  return np.asarray(scores)[np.arange(len(mask)), mask.sum(-1) - 1]
+
+
+def _torch_scores(model, tokens, mask):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                 attention_mask=torch.tensor(mask, dtype=torch.long)).logits[:, 0].numpy()
+
+
+def test_a_reward_models_score_head_is_saved_as_peft_modules_to_save(tmp_path):
+  torch_model = _reward_model(tmp_path / "base")
+  cfg, params = models.load_hf(str(tmp_path / "base"))
+  assert lora.modules(cfg) == ("score_head",)
+  head = {"score_head": jax.tree.map(lambda x: np.asarray(x) + 0.5, params["score_head"])}
+  adapters = _trained(lora.init(cfg, jax.random.key(0), rank=2, targets=("v_proj",)),
+                      seed=2) | head
+  lora.save_peft(str(tmp_path / "adapter"), cfg, adapters, rank=2, alpha=4.0,
+                 targets=("v_proj",))
+  adapted = peft.PeftModel.from_pretrained(torch_model, str(tmp_path / "adapter")).eval()
+  tokens, mask = right_padded_batch(cfg.vocab_size)
+  tokens = np.where(mask == 1, np.maximum(tokens, 1), 0)  # pad id 0 marks the ends for HF.
+  want = _torch_scores(adapted, tokens, mask)
+  merged = lora.merge(params, adapters, scale=2.0)
+  np.testing.assert_allclose(_last_scores(cfg, merged, tokens, mask), want, atol=1e-4)
+  # Both parts count: without the trained head, or without the adapters, the scores differ.
+  for part in (lora.merge(params, adapters | {"score_head": params["score_head"]}, scale=2.0),
+               lora.merge(params, head, scale=2.0)):
+    assert np.abs(_last_scores(cfg, part, tokens, mask) - want).max() > 1e-2
+  loaded, settings = lora.load_peft(str(tmp_path / "adapter"), cfg)
+  assert settings["modules_to_save"] == ["score"] and settings["task_type"] == "SEQ_CLS"
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-6), loaded, adapters)
+
+
+def test_a_folder_peft_itself_saved_loads_with_its_score_head(tmp_path):
+  torch_model = _reward_model(tmp_path / "base")
+  cfg, params = models.load_hf(str(tmp_path / "base"))
+  wrapped = peft.get_peft_model(torch_model, peft.LoraConfig(
+      task_type="SEQ_CLS", r=2, lora_alpha=4, target_modules=["q_proj", "down_proj"]))
+  with torch.no_grad():  # as after training: B and the score head moved
+    for name, p in wrapped.named_parameters():
+      if p.requires_grad:
+        p.add_(0.3 * torch.randn_like(p))
+  wrapped.save_pretrained(tmp_path / "adapter")
+  tokens, mask = right_padded_batch(cfg.vocab_size)
+  tokens = np.where(mask == 1, np.maximum(tokens, 1), 0)
+  want = _torch_scores(wrapped.eval(), tokens, mask)
+  adapters, _ = lora.load_peft(str(tmp_path / "adapter"), cfg)
+  assert "score_head" in adapters
+  merged = lora.merge(params, adapters, scale=2.0)
+  np.testing.assert_allclose(_last_scores(cfg, merged, tokens, mask), want, atol=1e-4)
+
+
+def test_modules_trained_in_full_are_checked():
+  cfg = models.preset("tiny", num_layers=1, vocab_size=64, hidden_size=16, intermediate_size=32,
+                      num_heads=2, num_kv_heads=1, head_dim=8)
+  assert lora.modules(cfg) == ()
+  assert lora.modules(cfg.replace(tie_word_embeddings=False), ["lm_head"]) == ("lm_head",)
+  for names in (["lm_head"], ["norm"], ["score_head"]):  # tied LM head; not a head; no score
+    with pytest.raises(ValueError, match="modules_to_save"):
+      lora.modules(cfg, names)
 
 
 def test_scanned_layers_and_the_file_round_trip(tmp_path):

@@ -1,6 +1,7 @@
 """LoRA through the training loop (`config.lora`): the base stays frozen and the optimizer holds
 the adapters' moments only; the export is the base merged with the PEFT folder's adapters; a
-stopped run resumes to the same result; a reference that is the base reads the frozen base."""
+stopped run resumes to the same result; a reference that is the base reads the frozen base; a
+reward model's new score head trains in full beside the adapters."""
 
 import os
 
@@ -120,10 +121,34 @@ def test_lora_needs_a_starting_model(tmp_path):
     sft.run(config, str(tmp_path))
 
 
-def test_a_reward_model_refuses_lora():
+def test_a_reward_model_trains_its_score_head_beside_the_adapters(base, tmp_path):
   from configs import prm_arith
   from reasonjax import programs
+  from reasonjax.data import batching
+  from reasonjax.programs import reward_model
+  from reasonjax.training import experiment
   config = prm_arith.get_config("runlocal")
-  config.lora.rank = 4
-  with pytest.raises(ValueError, match="score head"):
-    programs.check_config(config)
+  config.update({"steps": 4, "checkpoint_every": 2, "log_every": 1})
+  config.lora.update({"rank": 2, "alpha": 4.0, "targets": ("q_proj",)})
+  config.init_from = base
+  programs.check_config(config)
+  task, tokenizer = experiment.task_and_tokenizer(config)
+  # The gold solutions' steps, every other one labelled wrong: a signal the head can learn.
+  examples = []
+  for problem in task.generate(16, seed=0):
+    steps = task.parse_steps(problem.solution)
+    examples.append(batching.prm_example(tokenizer, task.prompt(problem), steps,
+                                          [float(i % 2) for i in range(len(steps))]))
+  reward_model.train(config, str(tmp_path), base, examples)
+  cfg, start = reward_model.load(config, base)  # the policy with the fresh head, as trained
+  exported_cfg, exported = models.load_hf(str(tmp_path / "hf"))
+  assert exported_cfg.score_head
+  adapters, settings = lora.load_peft(str(tmp_path / "adapter"), cfg)
+  assert settings["modules_to_save"] == ["score"]
+  assert np.abs(np.asarray(adapters["score_head"]["kernel"]) -
+                np.asarray(start["score_head"]["kernel"])).max() > 1e-4  # the head trained
+  want = lora.merge(start, adapters, scale=4.0 / 2)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6), exported,
+               want)
+  np.testing.assert_array_equal(exported["layers_0"]["self_attn"]["k_proj"]["kernel"],
+                                start["layers_0"]["self_attn"]["k_proj"]["kernel"])
