@@ -282,7 +282,8 @@ def effective_remat(cfg: ModelConfig, backend: str | None = None) -> str:
 def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: int,
          seq_len: int, accum_steps: int = 1, reference: bool | ModelConfig = False,
          kv_cache: tuple[int, int] | None = None, kv_prefix: tuple[int, int] | None = None,
-         lora_section=None, backend: str | None = None) -> Plan:
+         kv_model: ModelConfig | None = None, lora_section=None,
+         backend: str | None = None) -> Plan:
   """Estimated bytes per device of training `cfg` with AdamW (formulas in the module docstring).
 
   Args:
@@ -295,7 +296,8 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
     reference: a frozen reference model (DPO, GRPO with a KL term, SFT with kl_weight): True
       for one of `cfg`'s shape, or its ModelConfig (a distillation teacher).
     kv_cache: (rows, slots) of the sampler's per-row cache, or None when nothing samples
-      during training; kv_prefix: (prompts, slots) of a cache shared by each prompt's rows.
+      during training; kv_prefix: (prompts, slots) of a cache shared by each prompt's rows;
+      kv_model: the model that samples (a distillation teacher), default `cfg`.
     lora_section: `config.lora` of a run that trains LoRA adapters on the frozen model (rank
       > 0), or None; `reference` then counts a reference other than that frozen model only.
     backend: the XLA backend the step compiles for ('cpu', 'gpu', 'tpu'); default: JAX's.
@@ -340,8 +342,8 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
   kv = 0
   for part in (kv_cache, kv_prefix):
     if part is not None:
-      kv += _cache_bytes(cfg, *part, mesh_shape, rules)
-  if kv and cfg.dtype != cfg.param_dtype:
+      kv += _cache_bytes(kv_model or cfg, *part, mesh_shape, rules)
+  if kv and kv_model is None and cfg.dtype != cfg.param_dtype:
     kv += param_bytes(cfg.replace(param_dtype=cfg.dtype), mesh_shape, rules)  # Cast weights.
   if kv:
     kv += merged  # The policy that samples: the base merged with the adapters.
@@ -453,25 +455,52 @@ def plan_for_run(config, cfg: ModelConfig, mesh_shape: Mapping[str, int], host_b
 
   Tokens per step: every `*inputs` field of the batch (a preference pair's two, a rollout
   batch's prompts and completions), counted as rows of the longest field's length and summed
-  over processes. A config with a `rollouts` section (GRPO) samples between steps: its cache
-  holds each prompt once, in its power-of-two bucket, and `num_samples` rows of
-  `max_new_tokens` per prompt (`sampling.sampler`). Evaluation's sampler is not counted.
+  over processes. The sampler's cache of a program that samples between steps
+  (`_sampler_cache`) is counted; evaluation's is not.
   """
   inputs = ([v for key, v in host_batch.items() if key.endswith("inputs") and v.ndim == 2]
             or [v for v in host_batch.values() if v.ndim == 2])
   seq_len = max(x.shape[1] for x in inputs)
   rows = -(-sum(x.shape[0] * x.shape[1] for x in inputs) // seq_len) * jax.process_count()
-  kv_cache = kv_prefix = None
-  # Other programs' `rollouts` (a reward model's policy samples) are drawn before training.
+  kv_cache, kv_prefix, kv_model = _sampler_cache(config, cfg, host_batch, seq_len, reference)
+  return plan(cfg, mesh_shape=mesh_shape, rules=tuple(config.axis_rules), batch_size=rows,
+              seq_len=seq_len, accum_steps=config.accum_steps, reference=reference,
+              kv_cache=kv_cache, kv_prefix=kv_prefix, kv_model=kv_model,
+              lora_section=config.get("lora"))
+
+
+def _sampler_cache(config, cfg: ModelConfig, host_batch, seq_len: int, reference):
+  """(kv_cache, kv_prefix, kv_model) of `plan` for the sampling between a run's steps, as
+  `sampling.sampler` builds the caches:
+
+    GRPO (a `rollouts` section with `prompts`): each prompt once, in its power-of-two bucket,
+      and `num_samples` rows of `max_new_tokens` per prompt;
+    self-play: `episodes` rows of the `prompt_width` bucket + `max_new_tokens`;
+    distillation: `batch_size` rows of the bucket of seq_len - max_new_tokens (the longest a
+      prompt can be) + max_new_tokens, sampled by the student (on-policy steps) or the teacher
+      (the "teacher" source): the larger cache of the two.
+
+  A reward model's policy samples before training: nothing.
+  """
   if "rollouts" in config and "prompts" in config.rollouts:
     section = config.rollouts
     prompt = host_batch.get("prompt_inputs")
     width = sampling.bucket_length(prompt.shape[1] if prompt is not None else seq_len)
     if section.num_samples > 1:  # `SamplingConfig.share_prefix`, the default.
-      kv_prefix = (section.prompts, width)
-      kv_cache = (section.prompts * section.num_samples, max(section.max_new_tokens - 1, 1))
-    else:
-      kv_cache = (section.prompts, width + section.max_new_tokens)
-  return plan(cfg, mesh_shape=mesh_shape, rules=tuple(config.axis_rules), batch_size=rows,
-              seq_len=seq_len, accum_steps=config.accum_steps, reference=reference,
-              kv_cache=kv_cache, kv_prefix=kv_prefix, lora_section=config.get("lora"))
+      return ((section.prompts * section.num_samples, max(section.max_new_tokens - 1, 1)),
+              (section.prompts, width), None)
+    return (section.prompts, width + section.max_new_tokens), None, None
+  if "self_play" in config:
+    s = config.self_play
+    return (s.episodes, sampling.bucket_length(s.prompt_width) + s.max_new_tokens), None, None
+  if "distill" in config:
+    d = config.distill
+    samplers = ([cfg] if d.on_policy_fraction > 0 else []) + (
+        [reference] if d.source == "teacher" and isinstance(reference, ModelConfig) else [])
+    if samplers:
+      rows = (config.batch_size,
+              sampling.bucket_length(max(config.seq_len - d.max_new_tokens, 1))
+              + d.max_new_tokens)
+      model = max(samplers, key=lambda m: m.num_layers * m.num_kv_heads * m.head_dim)
+      return rows, None, None if model is cfg else model
+  return None, None, None

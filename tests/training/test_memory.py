@@ -176,6 +176,39 @@ def test_the_sampler_caches_of_a_grpo_run_are_the_ones_the_model_builds():
   assert (plan.rows, plan.seq_len) == (-(-(8 * 20 + 32 * 48) // 48), 48)
 
 
+def _cache_bytes(cfg, rows: int, slots: int) -> int:
+  cache = jax.eval_shape(lambda: models.init_cache(cfg, rows, slots))
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((cache.k, cache.v)))
+
+
+def test_the_sampler_caches_of_self_play_and_distillation_runs():
+  from configs import distill_arith, spiral_games
+  mesh = {"data": 1, "fsdp": 1, "tensor": 1}
+  config = spiral_games.get_config("runlocal")
+  cfg = models.config_from(config.sft.model.to_dict())
+  s = config.self_play
+  batch = {"prompt_inputs": np.zeros((8, s.prompt_width), np.int32),
+           "completion_inputs": np.zeros((8, s.max_new_tokens), np.int32)}
+  plan = memory.plan_for_run(config, cfg, mesh, batch, reference=False)
+  # `TextPolicy`: `episodes` rows, prompts padded to prompt_width (a power of two here).
+  assert plan.kv_cache == _cache_bytes(cfg, s.episodes, s.prompt_width + s.max_new_tokens)
+
+  config = distill_arith.get_config("runlocal")
+  teacher = models.config_from(config.sft.model.to_dict())
+  student = models.config_from(config.student.to_dict())
+  batch = {"inputs": np.zeros((config.batch_size, config.seq_len), np.int32)}
+  d = config.distill
+  # seq_len 64, max_new_tokens 32: prompts of up to 32 tokens, a 32-token bucket.
+  slots = 32 + d.max_new_tokens
+  on_policy = memory.plan_for_run(config, student, mesh, batch, reference=teacher)
+  assert on_policy.kv_cache == _cache_bytes(student, config.batch_size, slots)
+  d.source = "teacher"  # The teacher samples too: its larger cache.
+  both = memory.plan_for_run(config, student, mesh, batch, reference=teacher)
+  assert both.kv_cache == _cache_bytes(teacher, config.batch_size, slots) > on_policy.kv_cache
+  d.update({"source": "gold", "on_policy_fraction": 0.0})  # Nothing samples.
+  assert memory.plan_for_run(config, student, mesh, batch, reference=teacher).kv_cache == 0
+
+
 def test_a_7b_model_is_refused_on_8_cpu_devices_naming_the_numbers_and_the_knob():
   mesh = {"data": 1, "fsdp": 8, "tensor": 1}
   plan = memory.plan(LLAMA2_7B, mesh_shape=mesh, rules=AXIS_RULES, batch_size=8, seq_len=2048,
