@@ -77,19 +77,22 @@ class Sequences:
     self.step += 1
     rng = np.random.default_rng([self.config.seed, i])
     picked = rng.choice(len(self.pool), self.config.batch_size, replace=False)
-    start = jax.process_index() * self.rows
-    problems = [self.pool[j] for j in picked[start:start + self.rows]]
+    problems = [self.pool[j] for j in picked]
     prompts = [self.task.prompt(p) for p in problems]
     on_policy = rng.random() < d.on_policy_fraction
     if on_policy or d.source == "teacher":
       model, weights = (self.student, params) if on_policy else (
           self.teacher, self.teacher_params)
       key = jax.random.fold_in(jax.random.key(self.config.seed + 7), i)
+      # Every process samples the whole batch (the work spread over the global mesh's
+      # devices), so that the draws do not depend on the process count.
       completions = [row[0] for row in generate_texts(model, weights, self.tokenizer, prompts,
                                                       key, self.sampling,
-                                                      batch_size=self.rows)]
+                                                      batch_size=self.config.batch_size)]
     else:
       completions = [p.solution for p in problems]
+    start = jax.process_index() * self.rows  # The loop places process i's rows i-th.
+    prompts, completions = (x[start:start + self.rows] for x in (prompts, completions))
     examples = [batching.pad_example(batching.sft_example(self.tokenizer, prompt, text),
                                      self.config.seq_len)
                 for prompt, text in zip(prompts, completions)]

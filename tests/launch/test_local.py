@@ -144,6 +144,27 @@ def test_two_processes_run_grpo_like_one(sft_workdir, tmp_path):
   assert a["start"] == pytest.approx(b["start"]) and a["iterations"] == b["iterations"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("config, keys", [
+    ("distill_arith", ("loss", "on_policy", "teacher_agreement")),
+    ("spiral_games", ("loss", "entropy", "rollout_tictactoe_turns"))])
+def test_two_processes_distill_and_self_play_like_one(config, keys, sft_workdir, tmp_path):
+  # Every process samples the whole batch (distillation's on-policy steps, self-play's games)
+  # and trains on its rows: the same numbers as one process, float32 summation order aside.
+  args = [f"--config=configs/{config}.py:runlocal", f"--config.init_from={sft_workdir}/hf",
+          "--config.steps=4", "--config.eval_every=0"]
+  if config == "spiral_games":
+    args += ["--config.eval.episodes=4", "--config.self_play.games=('tictactoe',)"]
+  two, one = _in_two_and_in_one(args, tmp_path)
+  for key in keys:
+    got, want = _losses(two, key), _losses(one, key)
+    assert sorted(got) == sorted(want) == [1, 2, 3, 4], key
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [want[s] for s in sorted(want)],
+                               rtol=1e-5, atol=1e-5, err_msg=key)
+  if config == "distill_arith":  # this seed draws both kinds of step in 4
+    assert set(_losses(two, "on_policy").values()) == {0.0, 1.0}
+
+
 def test_packed_batches_resume_in_the_same_number_of_processes(tmp_path):
   # runlocal's SFT packs its examples, each process its own rows: a checkpoint keeps every
   # process's data position.
