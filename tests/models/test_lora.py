@@ -14,7 +14,7 @@ import transformers
 
 from reasonjax import models
 from reasonjax.models import lora
-from tests.conftest import hf_model, right_padded_batch
+from tests.conftest import HF_COMMON, hf_model, right_padded_batch
 from tests.models.test_hf import jax_logits, max_real_token_diff, torch_logits
 
 
@@ -77,10 +77,7 @@ def test_peft_loads_the_adapters_with_the_same_logits(kind, tmp_path):
 def _reward_model(path):
   """A tiny random Llama reward model (transformers, num_labels 1) saved at `path`."""
   torch.manual_seed(0)
-  hf_cfg = transformers.LlamaConfig(vocab_size=97, hidden_size=32, intermediate_size=64,
-                                    num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, num_labels=1, pad_token_id=0,
-                                    initializer_range=0.2)
+  hf_cfg = transformers.LlamaConfig(**HF_COMMON, num_labels=1, pad_token_id=0)
   model = transformers.LlamaForSequenceClassification(hf_cfg).eval()
   model.save_pretrained(path)
   return model
