@@ -32,8 +32,9 @@ ARCHITECTURES = {
     "Qwen2ForSequenceClassification": ("qwen2", False, True),
     "Qwen3ForSequenceClassification": ("qwen3", False, True),
 }
-_MODULE_NAMES = {"embed_tokens": "model.embed_tokens", "norm": "model.norm", "layers": "model.layers",
-                 "lm_head": "lm_head", "score_head": "score"}
+# Top-level Flax module -> its Hugging Face module name.
+MODULE_NAMES = {"embed_tokens": "model.embed_tokens", "norm": "model.norm", "layers": "model.layers",
+                "lm_head": "lm_head", "score_head": "score"}
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 # Tensors some checkpoints carry that the model recomputes or shares.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -146,7 +147,7 @@ def config_to_hf(cfg: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
 # ----------------------------------------------------------------------------- tensor table
 
 
-def _table(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], str, tuple[int, ...], int]]:
+def tensor_table(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], str, tuple[int, ...], int]]:
   """(flax path, HF name, Flax shape without the layer axis, n_in).
 
   Stacked layer tensors (`scan_layers`) have '{i}' for the layer in their HF name; per-layer
@@ -158,9 +159,9 @@ def _table(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], str, tuple[int, 
     module, leaf_name = keys[0], keys[-1]
     shape = leaf.shape[1:] if module == "layers" else leaf.shape
     if module.startswith("layers"):
-      prefix = [_MODULE_NAMES["layers"], "{i}" if module == "layers" else module.split("_")[1]]
+      prefix = [MODULE_NAMES["layers"], "{i}" if module == "layers" else module.split("_")[1]]
     else:
-      prefix = [_MODULE_NAMES[module]]
+      prefix = [MODULE_NAMES[module]]
     name = ".".join(prefix + list(keys[1:-1]) + [_LEAF_NAMES[leaf_name]])
     n_in = (2 if keys[-2] == "o_proj" else 1) if leaf_name == "kernel" else 0
     yield keys, name, shape, n_in
@@ -172,17 +173,19 @@ def _hf_shape(shape: tuple[int, ...], n_in: int, bias: bool) -> tuple[int, ...]:
   return (math.prod(shape),) if bias else shape
 
 
-def _to_flax(x: np.ndarray, shape: tuple[int, ...], n_in: int) -> np.ndarray:
+def to_flax(x: np.ndarray, shape: tuple[int, ...], n_in: int) -> np.ndarray:
+  """A Hugging Face tensor in the Flax `shape` (a kernel [O, I] transposed, `tensor_table`)."""
   return x.T.reshape(shape) if n_in else x.reshape(shape)
 
 
-def _to_hf(x: np.ndarray, n_in: int, bias: bool) -> np.ndarray:
+def to_hf(x: np.ndarray, n_in: int, bias: bool) -> np.ndarray:
+  """A Flax leaf as its Hugging Face tensor: a kernel flattened to [I, O] and transposed."""
   if n_in:
     return x.reshape(math.prod(x.shape[:n_in]), -1).T
   return x.reshape(-1) if bias else x
 
 
-def _get(tree, keys):
+def get_path(tree, keys):
   """tree[k0][k1]...; None where a subtree is None (a tensor placed on the default device)."""
   for k in keys:
     if tree is None:
@@ -191,7 +194,8 @@ def _get(tree, keys):
   return tree
 
 
-def _set(tree: dict, keys: tuple[str, ...], value) -> None:
+def set_path(tree: dict, keys: tuple[str, ...], value) -> None:
+  """tree[k0][k1]... = value, making the missing levels."""
   for k in keys[:-1]:
     tree = tree.setdefault(k, {})
   tree[keys[-1]] = value
@@ -284,7 +288,7 @@ def load_hf(path: str, *, param_dtype: str = "float32", scan_layers: bool = Fals
   folder = _SafetensorsFolder(path)
   dtype = _DTYPES[param_dtype]
   used, params = set(), {}
-  leaves = list(_table(cfg))
+  leaves = list(tensor_table(cfg))
   missing = [n.format(i=i) for _, n, _, _ in leaves
              for i in (range(cfg.num_layers) if "{i}" in n else [None])
              if n.format(i=i) not in folder.files]
@@ -303,11 +307,11 @@ def load_hf(path: str, *, param_dtype: str = "float32", scan_layers: bool = Fals
       if got != expected:
         raise CheckpointError(f"{folder.files[full]}: tensor {full!r} has shape {got}, expected "
                               f"{expected} for the config in {path}/config.json")
-      parts.append(_to_flax(folder.get(full), shape, n_in).astype(dtype))
+      parts.append(to_flax(folder.get(full), shape, n_in).astype(dtype))
       used.add(full)
     value = np.stack(parts) if "{i}" in name else parts[0]
-    sharding = _get(shardings, keys) if shardings is not None else None
-    _set(params, keys, jax.device_put(value, sharding))
+    sharding = get_path(shardings, keys) if shardings is not None else None
+    set_path(params, keys, jax.device_put(value, sharding))
   unexpected = sorted(n for n in set(folder.files) - used
                       if not n.endswith(_IGNORED_SUFFIXES)
                       and not (n == "lm_head.weight" and cfg.tie_word_embeddings))
@@ -329,12 +333,12 @@ def save_hf(cfg: ModelConfig, params, path: str, *, dtype: str = "float32",
   hf_config = config_to_hf(cfg, dtype)
   os.makedirs(path, exist_ok=True)
   tensors = {}
-  for keys, name, shape, n_in in _table(cfg):
-    value = np.asarray(jax.device_get(_get(params, keys)))
+  for keys, name, shape, n_in in tensor_table(cfg):
+    value = np.asarray(jax.device_get(get_path(params, keys)))
     for i in range(cfg.num_layers) if "{i}" in name else [None]:
       x = value[i] if i is not None else value
       tensors[name.format(i=i)] = np.ascontiguousarray(
-          _to_hf(x, n_in, keys[-1] == "bias").astype(_DTYPES[dtype]))
+          to_hf(x, n_in, keys[-1] == "bias").astype(_DTYPES[dtype]))
   shards, current, size = [], {}, 0
   for name, x in tensors.items():
     if current and size + x.nbytes > max_shard_bytes:

@@ -37,7 +37,7 @@ import safetensors.numpy
 
 from reasonjax.models.config import ModelConfig
 from reasonjax.models.decoder import param_shapes
-from reasonjax.models.hf import _MODULE_NAMES, _get, _set, _table, _to_flax, _to_hf
+from reasonjax.models.hf import MODULE_NAMES, get_path, set_path, tensor_table, to_flax, to_hf
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # The modules that may train in full beside the adapters (PEFT's modules_to_save).
@@ -69,7 +69,7 @@ def modules(cfg: ModelConfig, modules_to_save: Sequence[str] = ()) -> tuple[str,
 
 def _kernels(cfg: ModelConfig, targets: Sequence[str]):
   """(Flax path of the kernel, its HF name, I, O) of each targeted kernel."""
-  for keys, name, shape, n_in in _table(cfg):
+  for keys, name, shape, n_in in tensor_table(cfg):
     if keys[-1] == "kernel" and keys[-2] in targets:
       yield keys, name, math.prod(shape[:n_in]), math.prod(shape[n_in:])
 
@@ -84,7 +84,7 @@ def init(cfg: ModelConfig, rng: jax.Array, *, rank: int, targets: Sequence[str] 
     lead = (cfg.num_layers,) if keys[0] == "layers" else ()
     bound = 1.0 / math.sqrt(n_in)
     a = jax.random.uniform(jax.random.fold_in(rng, k), lead + (n_in, rank), dtype, -bound, bound)
-    _set(adapters, keys[:-1], {"lora_a": a, "lora_b": jnp.zeros(lead + (rank, n_out), dtype)})
+    set_path(adapters, keys[:-1], {"lora_a": a, "lora_b": jnp.zeros(lead + (rank, n_out), dtype)})
   return adapters | dict(full or {})
 
 
@@ -113,7 +113,7 @@ def _peft_tensors(cfg: ModelConfig, targets: Sequence[str]):
 
 def _full_tensors(cfg: ModelConfig, names: Sequence[str]):
   """(Flax path, PEFT name, Flax shape, n_in) of each parameter of the modules `names`."""
-  for keys, name, shape, n_in in _table(cfg):
+  for keys, name, shape, n_in in tensor_table(cfg):
     if keys[0] in names:
       yield keys, _PREFIX + name, shape, n_in
 
@@ -128,17 +128,17 @@ def save_peft(path: str, cfg: ModelConfig, adapters, *, rank: int, alpha: float,
   full = [m for m in MODULES if m in adapters]
   tensors = {}
   for keys, name, _, n_in in _full_tensors(cfg, full):
-    x = np.asarray(jax.device_get(_get(adapters, keys)), np.float32)
-    tensors[name] = np.ascontiguousarray(_to_hf(x, n_in, keys[-1] == "bias"))
+    x = np.asarray(jax.device_get(get_path(adapters, keys)), np.float32)
+    tensors[name] = np.ascontiguousarray(to_hf(x, n_in, keys[-1] == "bias"))
   for keys, i, name_a, name_b in _peft_tensors(cfg, targets):
-    a, b = (np.asarray(jax.device_get(_get(adapters, keys[:-1])[k]), np.float32)
+    a, b = (np.asarray(jax.device_get(get_path(adapters, keys[:-1])[k]), np.float32)
             for k in ("lora_a", "lora_b"))
     if i is not None:
       a, b = a[i], b[i]
     tensors[name_a], tensors[name_b] = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
   os.makedirs(path, exist_ok=True)
   safetensors.numpy.save_file(tensors, os.path.join(path, WEIGHTS_FILE), {"format": "pt"})
-  hf_names = sorted(_MODULE_NAMES[m] for m in full)
+  hf_names = sorted(MODULE_NAMES[m] for m in full)
   settings = {"peft_type": "LORA", "task_type": "SEQ_CLS" if cfg.score_head else "CAUSAL_LM",
               "r": rank, "lora_alpha": alpha, "target_modules": sorted(targets),
               "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False, "use_rslora": False,
@@ -174,12 +174,12 @@ def load_peft(path: str, cfg: ModelConfig) -> tuple[dict, dict]:
   adapters = {}
   for module, pair in parts.items():
     stacked = module[0] == "layers"
-    _set(adapters, module, {k: jnp.asarray(np.stack(v) if stacked else v[0])
+    set_path(adapters, module, {k: jnp.asarray(np.stack(v) if stacked else v[0])
                             for k, v in pair.items()})
   saved = set(settings.get("modules_to_save") or ())
   for keys, name, shape, n_in in _full_tensors(cfg, [m for m in MODULES
-                                                      if _MODULE_NAMES[m] in saved]):
+                                                      if MODULE_NAMES[m] in saved]):
     if name not in weights:  # PEFT lists `score` for every SEQ_CLS adapter
       continue
-    _set(adapters, keys, jnp.asarray(_to_flax(weights[name], shape, n_in)))
+    set_path(adapters, keys, jnp.asarray(to_flax(weights[name], shape, n_in)))
   return adapters, settings
