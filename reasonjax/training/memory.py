@@ -26,11 +26,12 @@ Components, per device (P: this device's shard of the parameters in `param_dtype
 With LoRA (`config.lora.rank` > 0) the trained tree T is the adapters and the modules trained in
 full (replicated): parameters are P + T, and the optimizer, gradients and update scale with T
 instead of P; the targeted kernels (their shards, M) are merged anew in the step and kept for
-the backward pass (activations + M), and for sampling (kv cache + M). A reference that is the
-frozen model itself costs nothing more. The activations are counted as for full training, so
-where they dominate the LoRA estimate errs high: a frozen projection needs no weight gradient,
-and the backward pass keeps less (measured on XLA:CPU: 1.2x the compiled step with every
-projection adapted, 1.4x-1.7x with one; within 25% where the state dominates).
+the backward pass (activations + M), and for sampling (kv cache + M). Only they have full-size
+gradients beside the gathered weights, and a layer keeps less for the backward pass: no input of
+a projection that trains nothing, no norm input for the frozen scales (`_frozen_bytes`). A
+reference that is the frozen model itself costs nothing more. Measured on XLA:CPU: within 25%
+with every projection or q_proj alone adapted (tested); 25-31% high with remat='full' (full
+training's estimate is 17% high there) or down_proj alone.
 
 The train step and the sampler never run at once, and the step's transients peak at different
 times (the activations in the backward pass, the update after it), so
@@ -163,6 +164,11 @@ def param_bytes(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules,
   return elements * jnp.dtype(cfg.param_dtype).itemsize
 
 
+def _targeted(targets: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+  """Whether the parameter at path `keys` is a kernel LoRA `targets` adapt."""
+  return keys[-1] == "kernel" and keys[-2] in targets
+
+
 def lora_bytes(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules, lora_section
                ) -> tuple[int, int]:
   """(bytes of the trained tree: the adapters and the modules trained in full, replicated; bytes
@@ -174,17 +180,19 @@ def lora_bytes(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules, lora_sect
   trained = jax.eval_shape(lambda: lora.init(
       cfg, jax.random.key(0), rank=lora_section.rank, targets=targets,
       full=jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), full)))
-  merged = param_bytes(cfg, mesh_shape, rules,
-                       keep=lambda keys: keys[-1] == "kernel" and keys[-2] in targets)
+  merged = param_bytes(cfg, mesh_shape, rules, keep=functools.partial(_targeted, targets))
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(trained)), merged
 
 
 def gathered_bytes(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules,
-                   axes: tuple[str, ...]) -> int:
-  """Bytes, in the compute dtype, of the parameters that are sharded over mesh `axes`, as an
-  all-gather over those axes leaves them on a device (the others are not gathered)."""
+                   axes: tuple[str, ...], keep=lambda keys: True) -> int:
+  """Bytes, in the compute dtype, of the parameters (whose path keys `keep` accepts) that are
+  sharded over mesh `axes`, as an all-gather over those axes leaves them on a device (the others
+  are not gathered)."""
   total = 0
-  for _, spec, shape in _param_leaves(cfg):
+  for keys, spec, shape in _param_leaves(cfg):
+    if not keep(keys):
+      continue
     gathered = _shard_elements(spec, shape, mesh_shape, rules, skip=axes)
     if gathered != _shard_elements(spec, shape, mesh_shape, rules):
       total += gathered
@@ -195,8 +203,24 @@ def _batch_axes(rules) -> tuple[str, ...]:
   return _axes(dict(rules).get("act_batch"))
 
 
-def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int, barriers: bool
-                 ) -> tuple[int, int]:
+def _frozen_bytes(cfg: ModelConfig, targets, split, a: int) -> float:
+  """Bytes per token a layer of a LoRA run does not keep (`_layer_bytes`'s base less these):
+  the inputs of the projections that train nothing, which only a weight gradient reads (the
+  input norm's output when none of q, k, v is adapted, the attention output when o_proj is not,
+  the second norm's output when neither gate nor up is, the MLP product when down_proj is not),
+  and 3 float32 [D] of the norms, whose scales are frozen. Fitted on XLA:CPU, where it is a
+  lower bound of the saving (the kept activations measured 3-15% below the estimate)."""
+  t = set(targets)
+  d, hd = cfg.hidden_size, cfg.head_dim
+  h = cfg.num_heads / split("act_heads", cfg.num_heads)
+  f = cfg.intermediate_size / split("act_mlp", cfg.intermediate_size)
+  inputs = ((not t & {"q_proj", "k_proj", "v_proj"}) * d + ("o_proj" not in t) * h * hd
+            + (not t & {"gate_proj", "up_proj"}) * d + ("down_proj" not in t) * f)
+  return a * inputs + 3 * 4 * d
+
+
+def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int, barriers: bool,
+                 frozen: float = 0.0) -> tuple[int, int]:
   """(bytes one decoder layer keeps for the backward pass, the working set of the layer being
   differentiated) for `tokens` = rows x seq_len tokens on a device; `split(name, size)` is how
   many ways the rules shard a logical activation axis of that size.
@@ -221,7 +245,7 @@ def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int, bar
   float32 scores, a (nb - 1) K hd key and value prefixes and a H hd (nb (nb + 1) / 2 - 1) / nb
   query-sized blocks (a scan's forward and backward passes are different loops: nothing merges).
   'xla' attention materialises [H, T] float32 scores per token
-  (probabilities and gradient).
+  (probabilities and gradient). A LoRA run keeps `frozen` bytes per token less (`_frozen_bytes`).
   """
   d, hd = cfg.hidden_size, cfg.head_dim
   h = cfg.num_heads / split("act_heads", cfg.num_heads)
@@ -230,7 +254,8 @@ def _layer_bytes(cfg: ModelConfig, tokens: int, seq_len: int, split, a: int, bar
   block = max(min(cfg.attention_block, seq_len), 1)  # seq_len 0: a plan of the state alone
   nb = -(-seq_len // block)
   blockwise = cfg.attention_impl == "blockwise"
-  base = (2 * (3 * 4 + a) * d + 2 * a * d + a * (3 * h + 2 * k) * hd + 4 * h + 5 * a * f)
+  base = (2 * (3 * 4 + a) * d + 2 * a * d + a * (3 * h + 2 * k) * hd + 4 * h + 5 * a * f
+          - frozen)
   if not blockwise and cfg.attention_impl != "cudnn":
     base += 2 * 4 * h * seq_len  # 'xla' / 'auto' off GPU: the [T, T] scores per head.
   # Every query block's float32 scores and their exp: [H, block] per token and block seen.
@@ -308,14 +333,18 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
   mesh_shape = dict(mesh_shape)
   split = lambda name, size: _ways((name,), (size,), mesh_shape, rules)[0]  # noqa: E731
   params = trained = param_bytes(cfg, mesh_shape, rules)
-  merged = 0
+  merged, differentiated = 0, lambda keys: True  # the weights with a full-size gradient
   if lora_section is not None and lora_section.rank:
     trained, merged = lora_bytes(cfg, mesh_shape, rules, lora_section)
     params += trained
+    differentiated = functools.partial(_targeted, tuple(lora_section.targets))
   batch_axes = tuple(a for a in _batch_axes(rules) if mesh_shape.get(a, 1) > 1)
   gathered = 0
   if batch_axes:
-    gathered = int(GATHERED * gathered_bytes(cfg, mesh_shape, rules, batch_axes))
+    # The gathered copies, and the full-size gradients of the weights that have one (LoRA: the
+    # merged kernels').
+    gathered = int(gathered_bytes(cfg, mesh_shape, rules, batch_axes) + (GATHERED - 1)
+                   * gathered_bytes(cfg, mesh_shape, rules, batch_axes, differentiated))
   # Rows and tokens of one micro-batch on one device (`step._accumulate` splits the batch).
   rows_way, len_way = _ways(("act_batch", "act_len"), (batch_size // accum_steps, seq_len),
                             mesh_shape, rules)
@@ -326,7 +355,9 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
   # bfloat16 step's temporaries are no smaller than a float32 one's).
   backend = backend or jax.default_backend()
   a = 4 if backend == "cpu" else jnp.dtype(cfg.dtype).itemsize
-  saved, working = _layer_bytes(cfg, tokens, length, split, a, _barriers_hold(backend))
+  frozen = (_frozen_bytes(cfg, lora_section.targets, split, a) if lora_section is not None
+            and lora_section.rank else 0.0)
+  saved, working = _layer_bytes(cfg, tokens, length, split, a, _barriers_hold(backend), frozen)
   vocab = (cfg.vocab_size / split("act_vocab", cfg.vocab_size)) if cfg.lm_head else 1
   # The head: the final norm's arrays, the embedding lookup, float32 logits and their gradient.
   head = (2 * (3 * 4 * cfg.hidden_size + a * cfg.hidden_size) + 2 * 4 * vocab) * tokens

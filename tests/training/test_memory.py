@@ -93,17 +93,21 @@ LORA = ml_collections.ConfigDict({"rank": 8, "alpha": 16.0, "targets": lora.TARG
                                   "modules_to_save": ()})
 
 
-# (case, targets, the plan's bounds over the compiled bytes): where the state dominates the plan
-# is within 25%; where activations do it errs high, as the module docstring says.
-LORA_CASES = {"100M, state": ("100M", lora.TARGETS, (0.75, 1.25)),
-              "tiny, activations": ("tiny", lora.TARGETS, (1.0, 1.75)),
-              "tiny, activations, q_proj": ("tiny", ("q_proj",), (1.0, 1.75))}
+# (case of CASES, the projections adapted): every adapted, the attention's q only (the other
+# projections' inputs are not kept: `memory._frozen_bytes`), and with the barriers.
+LORA_CASES = {"tiny, all": ("tiny", lora.TARGETS), "tiny, q_proj": ("tiny", ("q_proj",)),
+              "tiny, barriers, q_proj": ("tiny, 1024 tokens, barriers", ("q_proj",)),
+              "100M, all": ("100M", lora.TARGETS), "100M, q_proj": ("100M", ("q_proj",))}
 
 
 @pytest.mark.parametrize("name", LORA_CASES)
-def test_a_lora_plan_against_the_compiled_train_step(name):
-  case, targets, (low, high) = LORA_CASES[name]
-  cfg, batch_size, seq_len, _, _ = CASES[case]
+def test_a_lora_plan_is_within_25_percent_of_the_compiled_train_step(name, monkeypatch):
+  case, targets = LORA_CASES[name]
+  cfg, batch_size, seq_len, _, barriers = CASES[case]
+  options = {k: v for k, v in (step_lib.compiler_options() or {}).items()
+             if k not in layers.CPU_KEEP_BARRIERS}
+  monkeypatch.setattr(step_lib, "compiler_options",
+                      lambda: options | (layers.CPU_KEEP_BARRIERS if barriers else {}))
   section = ml_collections.ConfigDict(LORA.to_dict() | {"targets": targets})
   plan = memory.plan(cfg, mesh_shape=MESH, rules=AXIS_RULES, batch_size=batch_size,
                      seq_len=seq_len, lora_section=section, backend="cpu")
@@ -111,7 +115,8 @@ def test_a_lora_plan_against_the_compiled_train_step(name):
   full = memory.plan(cfg, mesh_shape=MESH, rules=AXIS_RULES, batch_size=batch_size,
                      seq_len=seq_len, backend="cpu")
   assert plan.optimizer < full.optimizer / 4  # The adapters' moments only (replicated).
-  assert low <= plan.total / measured <= high, (
+  assert plan.activations < full.activations or len(targets) == len(lora.TARGETS)
+  assert 0.75 <= plan.total / measured <= 1.25, (
       f"planned {plan.total} vs compiled {measured} bytes:\n{memory.format_plan(plan)}")
 
 
