@@ -190,18 +190,25 @@ def test_packed_batches_resume_in_the_same_number_of_processes(tmp_path):
   assert out.returncode != 0 and "holds the data positions of 2 processes" in out.stderr
 
 
-@pytest.mark.parametrize("config", ["dpo_arith", "prm_arith"])
-def test_dpo_and_reward_models_train_in_two_processes(config, sft_workdir, tmp_path):
+@pytest.mark.parametrize("config, lora_rank", [("dpo_arith", 0), ("prm_arith", 0),
+                                               ("prm_arith", 4)])
+def test_dpo_and_reward_models_train_in_two_processes(config, lora_rank, sft_workdir, tmp_path):
   workdir = str(tmp_path / config)
   proc = _launch([f"--config=configs/{config}.py:runlocal", f"--config.init_from={sft_workdir}/hf",
-                  "--config.steps=2", "--config.log_every=1", "--config.eval.num_problems=4"],
-                 workdir)
+                  "--config.steps=2", "--config.log_every=1", "--config.eval.num_problems=4",
+                  f"--config.lora.rank={lora_rank}"], workdir)
   _, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err[-3000:]
   losses = _losses(workdir)
   assert sorted(losses) == [1, 2] and all(np.isfinite(list(losses.values())))
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)  # the export, by process 0
+  if lora_rank:  # the adapters and the score head trained beside them, saved by process 0
+    from reasonjax import models
+    from reasonjax.models import lora
+    adapters, _ = lora.load_peft(os.path.join(workdir, "adapter"),
+                                 models.read_config(os.path.join(workdir, "hf")))
+    assert "score_head" in adapters
 
 
 def test_search_splits_its_problems_over_the_processes(sft_workdir, tmp_path):
