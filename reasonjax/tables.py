@@ -192,6 +192,14 @@ _TABLES = (
              "trained separately): run search_arith first. Without --policy the script trains "
              "its own 600-step policy on 1-2-operation problems instead."),
     _benchmark(
+        "lora",
+        shows="One SFT step of LoRA (ranks 8 and 64 on every projection) against full "
+              "training on the same model and batch, tiny (16 x 256) and ~100M (8 x 256), "
+              "float32: trained parameters, state bytes, XLA's compiled bytes beside the "
+              "memory planner's estimate, and step time as a ratio to full training.",
+        cpu_time="about 3 minutes",
+        paper="none: LoRA's paper reports GPU memory for GPT-3 175B, not these shapes."),
+    _benchmark(
         "accelerator",
         shows="On a GPU or TPU: train-step MFU, decode against the memory-bandwidth bound, and "
               "one GRPO iteration, for qwen2.5-0.5b and -1.5b shapes with random bfloat16 "

@@ -1,8 +1,11 @@
-"""The search benchmarks run (their --quick variants) and write what their tables show."""
+"""The search, Monte-Carlo label and LoRA benchmarks run (their --quick variants) and write what
+their tables show."""
 
 import json
 
-from benchmarks import mc_labels, search
+import pytest
+
+from benchmarks import lora, mc_labels, search
 
 
 def test_search_benchmark_quick(tmp_path):
@@ -30,3 +33,18 @@ def test_mc_labels_benchmark_quick(sft_workdir, tmp_path):
   assert methods["binary_search"]["rollouts"] <= methods["sweep"]["rollouts"]
   saved = {r["method"]: r for r in json.loads(out.read_text())["rows"]}
   assert {m: r["recall"] for m, r in saved.items()} == {m: r["recall"] for m, r in methods.items()}
+
+
+def test_lora_benchmark_quick(tmp_path, capsys):
+  out = tmp_path / "lora.json"
+  result = lora.main(["--quick", f"--out={out}"])
+  full, adapted = result["rows"]
+  assert (full["variant"], adapted["variant"]) == ("full", "lora r=4")
+  # The adapters of every projection: (I + O) r per kernel and layer, far fewer than the model.
+  assert adapted["trained"] < full["trained"] / 20
+  # The same model at the first step; less state and less compiled memory.
+  assert adapted["first_loss"] == pytest.approx(full["first_loss"], rel=1e-6)
+  assert adapted["state_bytes"] < full["state_bytes"] / 2
+  assert adapted["compiled_bytes"] < full["compiled_bytes"]
+  assert json.loads(out.read_text())["rows"] == result["rows"]
+  assert "| lora r=4 |" in capsys.readouterr().out

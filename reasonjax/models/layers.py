@@ -89,7 +89,9 @@ class Linear(nn.Module):
 
   kernel: [*x.shape[-n_in:], *features] with logical names `axes` (input names first). Flax's
   DenseGeneral would do, but it reshapes a flat kernel after logical boxing, which breaks when
-  sharding rules are active.
+  sharding rules are active. Parameters that hold LoRA factors beside the kernel
+  (`lora.attach`: lora_a [I, r], lora_b [r, O], b scaled) add (x a) b: the factored form, so
+  that training the adapters never forms the kernel's [I, O] gradient.
   """
 
   features: tuple[int, ...]
@@ -109,8 +111,13 @@ class Linear(nn.Module):
     # XLA:CPU materialise a transposed copy of the output gradient for the kernel gradient
     # (2-3x that matmul's own time); the flat form's gradients are plain 2-D dots.
     lead, n_in = x.shape[:x.ndim - self.n_in], math.prod(shape[:self.n_in])
-    y = jnp.dot(x.astype(dtype).reshape(-1, n_in), kernel.astype(dtype).reshape(n_in, -1),
+    flat = x.astype(dtype).reshape(-1, n_in)
+    y = jnp.dot(flat, kernel.astype(dtype).reshape(n_in, -1),
                 preferred_element_type=self.out_dtype)
+    if self.has_variable("params", "lora_a"):
+      low = jnp.dot(flat, self.get_variable("params", "lora_a").astype(dtype))
+      y = y + jnp.dot(low, self.get_variable("params", "lora_b").astype(dtype),
+                      preferred_element_type=self.out_dtype)
     y = y.reshape(lead + tuple(self.features))
     if self.use_bias:
       bias = self.param("bias", _zeros(self.axes[self.n_in:]), tuple(self.features), pdtype)

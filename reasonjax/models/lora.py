@@ -2,7 +2,8 @@
 decoder's projection kernels: a pytree of their own beside the frozen parameters.
 
     adapters = lora.init(cfg, rng, rank=8, targets=("q_proj", "v_proj"))
-    logits = model.apply({"params": lora.merge(params, adapters, scale=alpha / 8)}, tokens)
+    merged = lora.merge(params, adapters, scale=alpha / 8)     # to sample with, to export
+    logits = model.apply({"params": lora.attach(params, adapters, scale=alpha / 8)}, tokens)
     lora.save_peft(path, cfg, adapters, rank=8, alpha=16)   # `peft` loads it onto transformers
 
 A kernel W of Flax shape [*in, *out] (q_proj [hidden, heads, head_dim], o_proj [heads,
@@ -11,7 +12,8 @@ runs with
 
     W' = W + (alpha / r) (a b).reshape(W.shape)
 
-b starts at zero, so W' = W before training; a is uniform in +-1/sqrt(I), PEFT's default (Kaiming
+b starts at zero, so W' = W before training; training reads the factors unmerged (`attach`:
+the model computes x W + (alpha / r)(x a) b, whose gradient never forms an [I, O] array); a is uniform in +-1/sqrt(I), PEFT's default (Kaiming
 uniform with a = sqrt(5)). With `scan_layers`, kernels and adapters have a leading layer axis.
 PEFT's files hold lora_A.weight = a^T [r, I] and lora_B.weight = b^T [O, r] under the module's
 Hugging Face name with the prefix "base_model.model.", and W_hf + s B A is the same update.
@@ -100,6 +102,19 @@ def merge(params, adapters, *, scale: float):
                        adapters["lora_b"].astype(jnp.float32))
     return {**params, "kernel": kernel + (scale * delta).reshape(kernel.shape).astype(kernel.dtype)}
   return {k: merge(v, adapters[k], scale=scale) if k in adapters else v
+          for k, v in params.items()}
+
+
+def attach(params, adapters, *, scale: float):
+  """`params` with each adapter's factors beside its kernel ({"kernel": W, "lora_a": a,
+  "lora_b": scale b}), which `layers.Linear` applies as x W + (x a)(scale b), and each module
+  trained in full in place of the base's: the model's output is `merge`'s, and differentiating
+  it in `adapters` costs O((I + O) r) per token and kernel, not the kernel gradient's I O."""
+  if not isinstance(adapters, dict):  # a leaf of a module trained in full
+    return adapters
+  if "lora_a" in adapters:
+    return {**params, "lora_a": adapters["lora_a"], "lora_b": scale * adapters["lora_b"]}
+  return {k: attach(v, adapters[k], scale=scale) if k in adapters else v
           for k, v in params.items()}
 
 

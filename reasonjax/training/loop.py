@@ -437,13 +437,13 @@ def _lora_start(config, cfg: ModelConfig, base):
 
 
 def _adapted(loss_fn: step_lib.LossFn, base, frozen, scale: float):
-  """(the loss of LoRA adapters, the frozen tree it reads): `loss_fn` on the base merged with
-  the adapters; its frozen argument is the base where the caller's reference is the base
+  """(the loss of LoRA adapters, the frozen tree it reads): `loss_fn` on the base with the
+  adapters attached (`lora.attach`, the factored form); its frozen argument is the base where the caller's reference is the base
   itself (the start policy of DPO or GRPO's KL), else that reference."""
   reference = None if frozen is None else ("base" if frozen is base else "reference")
 
   def adapted(trained, batch, rng, frozen):
-    merged = lora.merge(frozen["base"], trained, scale=scale)
-    return loss_fn(merged, batch, rng, None if reference is None else frozen[reference])
+    attached = lora.attach(frozen["base"], trained, scale=scale)
+    return loss_fn(attached, batch, rng, None if reference is None else frozen[reference])
 
   return adapted, {"base": base} | ({"reference": frozen} if reference == "reference" else {})

@@ -25,13 +25,12 @@ Components, per device (P: this device's shard of the parameters in `param_dtype
 
 With LoRA (`config.lora.rank` > 0) the trained tree T is the adapters and the modules trained in
 full (replicated): parameters are P + T, and the optimizer, gradients and update scale with T
-instead of P; the targeted kernels (their shards, M) are merged anew in the step and kept for
-the backward pass (activations + M), and for sampling (kv cache + M). Only they have full-size
-gradients beside the gathered weights, and a layer keeps less for the backward pass: no input of
-a projection that trains nothing, no norm input for the frozen scales (`_frozen_bytes`). A
-reference that is the frozen model itself costs nothing more. Measured on XLA:CPU: within 25%
-with every projection or q_proj alone adapted (tested); 25-31% high with remat='full' (full
-training's estimate is 17% high there) or down_proj alone.
+instead of P. The step reads the factors unmerged (`lora.attach`), so no kernel has a full-size
+gradient beside the gathered weights (a head trained in full does), and a layer keeps less for
+the backward pass: no input of a projection that trains nothing, no norm input for the frozen
+scales (`_frozen_bytes`). Sampling merges the targeted kernels anew (their shards, M: kv cache +
+M). A reference that is the frozen model itself costs nothing more. Measured on XLA:CPU: within
+25% of the compiled step (tested), but for remat='full', 24-28% high (full training's, 17%).
 
 The train step and the sampler never run at once, and the step's transients peak at different
 times (the activations in the backward pass, the update after it), so
@@ -172,8 +171,8 @@ def _targeted(targets: tuple[str, ...], keys: tuple[str, ...]) -> bool:
 def lora_bytes(cfg: ModelConfig, mesh_shape: Mapping[str, int], rules, lora_section
                ) -> tuple[int, int]:
   """(bytes of the trained tree: the adapters and the modules trained in full, replicated; bytes
-  of this device's shard of the targeted kernels, which a merge writes anew) of a LoRA run;
-  `lora_section` has rank, targets and modules_to_save (`config.lora`)."""
+  of this device's shard of the targeted kernels, which the merge for sampling writes anew) of a
+  LoRA run; `lora_section` has rank, targets and modules_to_save (`config.lora`)."""
   targets = tuple(lora_section.targets)
   full = {m: param_shapes(cfg)[m]
           for m in lora.modules(cfg, tuple(lora_section.get("modules_to_save", ())))}
@@ -337,12 +336,13 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
   if lora_section is not None and lora_section.rank:
     trained, merged = lora_bytes(cfg, mesh_shape, rules, lora_section)
     params += trained
-    differentiated = functools.partial(_targeted, tuple(lora_section.targets))
+    full = lora.modules(cfg, tuple(lora_section.get("modules_to_save", ())))
+    differentiated = lambda keys: keys[0] in full  # noqa: E731
   batch_axes = tuple(a for a in _batch_axes(rules) if mesh_shape.get(a, 1) > 1)
   gathered = 0
   if batch_axes:
     # The gathered copies, and the full-size gradients of the weights that have one (LoRA: the
-    # merged kernels').
+    # heads trained in full only).
     gathered = int(gathered_bytes(cfg, mesh_shape, rules, batch_axes) + (GATHERED - 1)
                    * gathered_bytes(cfg, mesh_shape, rules, batch_axes, differentiated))
   # Rows and tokens of one micro-batch on one device (`step._accumulate` splits the batch).
@@ -362,8 +362,7 @@ def plan(cfg: ModelConfig, *, mesh_shape: Mapping[str, int], rules, batch_size: 
   # The head: the final norm's arrays, the embedding lookup, float32 logits and their gradient.
   head = (2 * (3 * 4 * cfg.hidden_size + a * cfg.hidden_size) + 2 * 4 * vocab) * tokens
   inputs = BATCH_BYTES_PER_TOKEN * rows * length * accum_steps
-  # With LoRA the merged kernels are written anew and kept for the backward pass.
-  activations = cfg.num_layers * saved + working + int(head) + inputs + merged
+  activations = cfg.num_layers * saved + working + int(head) + inputs
   ref = 0
   if reference:
     # Its forward pass is not differentiated: one layer at a time, and its float32 logits.

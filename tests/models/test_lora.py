@@ -6,6 +6,7 @@ trip."""
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import peft
 import pytest
@@ -49,6 +50,32 @@ def test_merge_against_numpy():
   assert set(adapters["layers_0"]["self_attn"]) == {"q_proj", "o_proj"}
   assert adapters["layers_0"]["self_attn"]["q_proj"]["lora_a"].shape == (32, 3)
   assert adapters["layers_0"]["self_attn"]["o_proj"]["lora_b"].shape == (3, 32)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_the_factored_form_has_the_merged_models_logits_and_gradients(scan):
+  """What training differentiates (`attach`) against what samples and exports (`merge`): the
+  same logits, and the same gradients in the adapters and in a head trained in full."""
+  cfg = models.preset("tiny", num_layers=2, vocab_size=128, hidden_size=32, intermediate_size=64,
+                      num_heads=4, num_kv_heads=2, head_dim=8, tie_word_embeddings=False,
+                      scan_layers=scan)
+  params = models.init_params(cfg, jax.random.key(0))
+  adapters = jax.tree.map(jnp.asarray, _trained(lora.init(
+      cfg, jax.random.key(1), rank=3, targets=("q_proj", "o_proj", "up_proj"),
+      full={"lm_head": params["lm_head"]})))
+  tokens = jax.random.randint(jax.random.key(2), (2, 12), 0, cfg.vocab_size)
+  model = models.Model(cfg)
+
+  def loss(adapters, form):
+    logits = model.apply({"params": form(params, adapters, scale=1.5)}, tokens)
+    return jnp.mean(jax.nn.log_softmax(logits)[..., 0]), logits
+
+  (value, logits), grads = jax.value_and_grad(loss, has_aux=True)(adapters, lora.attach)
+  (want_value, want_logits), want = jax.value_and_grad(loss, has_aux=True)(adapters, lora.merge)
+  np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-6), grads, want)
+  assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))  # every part is trained
 
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])

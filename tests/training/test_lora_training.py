@@ -102,8 +102,8 @@ def test_a_reference_that_is_the_base_reads_the_frozen_base():
       assert seen["frozen"] is None
     else:
       assert seen["frozen"] is (base if want == "base" else frozen)
-    jax.tree.map(np.testing.assert_array_equal, seen["params"], lora.merge(base, adapters,
-                                                                           scale=1.0))
+    jax.tree.map(np.testing.assert_array_equal, seen["params"], lora.attach(base, adapters,
+                                                                            scale=1.0))
 
 
 @pytest.mark.parametrize("field, value, match", [("rank", -1, "rank"), ("alpha", 0.0, "alpha"),
