@@ -33,8 +33,8 @@ ARCHITECTURES = {
     "Qwen3ForSequenceClassification": ("qwen3", False, True),
 }
 # Top-level Flax module -> its Hugging Face module name.
-MODULE_NAMES = {"embed_tokens": "model.embed_tokens", "norm": "model.norm", "layers": "model.layers",
-                "lm_head": "lm_head", "score_head": "score"}
+MODULE_NAMES = {"embed_tokens": "model.embed_tokens", "norm": "model.norm",
+                "layers": "model.layers", "lm_head": "lm_head", "score_head": "score"}
 _LEAF_NAMES = {"kernel": "weight", "scale": "weight", "embedding": "weight", "bias": "bias"}
 # Tensors some checkpoints carry that the model recomputes or shares.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)

@@ -13,8 +13,9 @@ runs with
     W' = W + (alpha / r) (a b).reshape(W.shape)
 
 b starts at zero, so W' = W before training; training reads the factors unmerged (`attach`:
-the model computes x W + (alpha / r)(x a) b, whose gradient never forms an [I, O] array); a is uniform in +-1/sqrt(I), PEFT's default (Kaiming
-uniform with a = sqrt(5)). With `scan_layers`, kernels and adapters have a leading layer axis.
+the model computes x W + (alpha / r)(x a) b, whose gradient never forms an [I, O] array); a is
+uniform in +-1/sqrt(I), PEFT's default (Kaiming uniform with a = sqrt(5)). With `scan_layers`,
+kernels and adapters have a leading layer axis.
 PEFT's files hold lora_A.weight = a^T [r, I] and lora_B.weight = b^T [O, r] under the module's
 Hugging Face name with the prefix "base_model.model.", and W_hf + s B A is the same update.
 
@@ -90,19 +91,25 @@ def init(cfg: ModelConfig, rng: jax.Array, *, rank: int, targets: Sequence[str] 
   return adapters | dict(full or {})
 
 
+def _replace(params, adapters, pair):
+  """`params` with `pair(module params, {"lora_a", "lora_b"})` at each adapted module and each
+  module trained in full replaced by its adapters' copy; every other leaf as it is."""
+  if not isinstance(adapters, dict):  # a leaf of a module trained in full
+    return adapters
+  if "lora_a" in adapters:
+    return pair(params, adapters)
+  return {k: _replace(v, adapters[k], pair) if k in adapters else v for k, v in params.items()}
+
+
 def merge(params, adapters, *, scale: float):
   """`params` with each adapted kernel W replaced by W + scale (a b).reshape(W.shape), in W's
   dtype, and each module trained in full replaced by its adapters' copy; every other leaf as it
   is. Differentiable in `adapters`; jit it with the step."""
-  if not isinstance(adapters, dict):  # a leaf of a module trained in full
-    return adapters
-  if "lora_a" in adapters:
-    kernel = params["kernel"]
-    delta = jnp.matmul(adapters["lora_a"].astype(jnp.float32),
-                       adapters["lora_b"].astype(jnp.float32))
-    return {**params, "kernel": kernel + (scale * delta).reshape(kernel.shape).astype(kernel.dtype)}
-  return {k: merge(v, adapters[k], scale=scale) if k in adapters else v
-          for k, v in params.items()}
+  def pair(module, ab):
+    kernel = module["kernel"]
+    delta = jnp.matmul(ab["lora_a"].astype(jnp.float32), ab["lora_b"].astype(jnp.float32))
+    return {**module, "kernel": kernel + (scale * delta).reshape(kernel.shape).astype(kernel.dtype)}
+  return _replace(params, adapters, pair)
 
 
 def attach(params, adapters, *, scale: float):
@@ -110,12 +117,8 @@ def attach(params, adapters, *, scale: float):
   "lora_b": scale b}), which `layers.Linear` applies as x W + (x a)(scale b), and each module
   trained in full in place of the base's: the model's output is `merge`'s, and differentiating
   it in `adapters` costs O((I + O) r) per token and kernel, not the kernel gradient's I O."""
-  if not isinstance(adapters, dict):  # a leaf of a module trained in full
-    return adapters
-  if "lora_a" in adapters:
-    return {**params, "lora_a": adapters["lora_a"], "lora_b": scale * adapters["lora_b"]}
-  return {k: attach(v, adapters[k], scale=scale) if k in adapters else v
-          for k, v in params.items()}
+  return _replace(params, adapters, lambda module, ab: {
+      **module, "lora_a": ab["lora_a"], "lora_b": scale * ab["lora_b"]})
 
 
 def _peft_tensors(cfg: ModelConfig, targets: Sequence[str]):

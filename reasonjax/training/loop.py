@@ -438,8 +438,9 @@ def _lora_start(config, cfg: ModelConfig, base):
 
 def _adapted(loss_fn: step_lib.LossFn, base, frozen, scale: float):
   """(the loss of LoRA adapters, the frozen tree it reads): `loss_fn` on the base with the
-  adapters attached (`lora.attach`, the factored form); its frozen argument is the base where the caller's reference is the base
-  itself (the start policy of DPO or GRPO's KL), else that reference."""
+  adapters attached (`lora.attach`, the factored form); its frozen argument is the base where
+  the caller's reference is the base itself (the start policy of DPO or GRPO's KL), else that
+  reference."""
   reference = None if frozen is None else ("base" if frozen is base else "reference")
 
   def adapted(trained, batch, rng, frozen):
